@@ -1,0 +1,17 @@
+"""tunerd: pipelined CNN inference for heterogeneous (big.LITTLE) CPUs, tuned online."""
+from __future__ import annotations
+
+from .errors import ConfigError, HintsError, ModelError, PlatformError, TunerdError, UnsupportedOpError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "HintsError", "ModelError", "PlatformError", "TunerdError", "UnsupportedOpError",
+    "load_model", "__version__",
+]
+
+
+def load_model(source, *, input_size=None):
+    """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.load_model)."""
+    from .model import load_model as _load
+    return _load(source, input_size=input_size)

@@ -1,0 +1,1 @@
+"""Sub-commands of the `tunerd` CLI, one module each (see tunerd.cli)."""
