@@ -1,0 +1,126 @@
+"""Model IR, zoo, units, plans, storage and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tunerd
+from tunerd.errors import ModelError, UnsupportedOpError
+from tunerd.graph import Graph, Node
+from tunerd.model import Model
+
+# (name, small input size used in tests, unit count at 224)
+ZOO = [("alexnet", 64, 8), ("googlenet", 32, 13), ("mobilenet", 32, 28), ("resnet50", 32, 18), ("squeezenet", 32, 18)]
+
+
+def frame(model, seed=0):
+    return np.random.default_rng(seed).standard_normal(model.input_shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,size,units", ZOO)
+def test_zoo_unit_counts_at_full_size(name, size, units):
+    model = tunerd.load_model(f"zoo:{name}")
+    assert model.input_shape == (1, 3, 224, 224)
+    assert len(model.units) == units
+    assert model.output_shape == (1, 1000)
+    # units tile the nodes exactly, in order
+    covered = [n for u in model.units for n in u.nodes]
+    assert covered == [n.name for n in model.graph.nodes]
+    assert all(u.flops > 0 for u in model.units)
+    assert model.units[-1].out_bytes == 4000
+
+
+@pytest.mark.parametrize("name,size,units", ZOO)
+def test_zoo_small_outputs_are_informative(name, size, units):
+    model = tunerd.load_model(f"zoo:{name}", input_size=size)
+    out = model.run(frame(model))
+    assert out.shape == (1, 1000) and out.dtype == np.float32
+    assert np.all(np.isfinite(out))
+    assert abs(out.sum() - 1.0) < 1e-4
+    # not degenerate: not uniform, not one-hot, and depends on the input
+    assert out.max() < 0.9 and out.max() > 1.5 / 1000
+    other = model.run(frame(model, seed=1))
+    assert not np.allclose(out, other)
+
+
+def test_zoo_is_deterministic():
+    a = tunerd.load_model("zoo:squeezenet", input_size=32)
+    b = tunerd.load_model("zoo:squeezenet", input_size=32)
+    assert a.hash == b.hash
+    np.testing.assert_array_equal(a.run(frame(a)), b.run(frame(b)))
+
+
+def test_flops_of_known_networks():
+    # multiply-adds counted as 2: AlexNet (BVLC, grouped) ~1.45 GFLOP, ResNet-50 ~8.2 GFLOP at 224
+    assert tunerd.load_model("zoo:alexnet").flops == pytest.approx(1.45e9, rel=0.05)
+    assert tunerd.load_model("zoo:resnet50").flops == pytest.approx(8.2e9, rel=0.05)
+    assert tunerd.load_model("zoo:mobilenet").flops == pytest.approx(1.14e9, rel=0.05)
+
+
+def test_plans_by_unit_range_compose_to_the_whole_model():
+    model = tunerd.load_model("zoo:googlenet", input_size=32)
+    x = frame(model)
+    ref = model.run(x)
+    cut = 5
+    head, tail = model.plan(0, cut - 1), model.plan(cut, len(model.units) - 1)
+    mid = head.run(x).copy()
+    assert mid.nbytes == model.units[cut - 1].out_bytes
+    np.testing.assert_array_equal(tail.run(mid), ref)
+
+
+def test_plan_run_into_given_output_and_timed():
+    model = tunerd.load_model("zoo:alexnet", input_size=64)
+    plan = model.plan()
+    x = frame(model)
+    out = np.empty(plan.output_shape, np.float32)
+    assert plan.run(x, out=out) is out
+    res, times = plan.run_timed(x)
+    assert len(times) == len(model.units) and all(t > 0 for t in times)
+    np.testing.assert_array_equal(res, out)
+
+
+def test_stored_model_maps_weights_read_only(tmp_path):
+    model = tunerd.load_model("zoo:squeezenet", input_size=32)
+    assert model.path is not None
+    again = Model.open(model.path)
+    w = next(iter(again.graph.weights.values()))
+    assert isinstance(w.base, np.memmap) or isinstance(w, np.memmap) or not w.flags.writeable
+    with pytest.raises(ValueError):
+        w[...] = 0
+    np.testing.assert_array_equal(again.run(frame(model)), model.run(frame(model)))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((1, 3, 32, 32), np.float64), "dtype"),
+    (np.zeros((1, 3, 33, 32), np.float32), "shape"),
+    ([[1.0]], "numpy array"),
+])
+def test_run_rejects_bad_input(bad, match):
+    model = tunerd.load_model("zoo:squeezenet", input_size=32)
+    with pytest.raises(ModelError, match=match):
+        model.run(bad)
+
+
+def test_unknown_zoo_model_and_missing_file():
+    with pytest.raises(ModelError, match="unknown zoo model 'vgg'"):
+        tunerd.load_model("zoo:vgg")
+    with pytest.raises(ModelError, match="not found"):
+        tunerd.load_model("/nonexistent/model.onnx")
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(ModelError, match="too small|empty"):
+        tunerd.load_model("zoo:alexnet", input_size=16)
+
+
+def test_unsupported_op_is_named_at_load_time():
+    g = Graph("t", "x", (1, 3, 8, 8), "y", [Node("mystery", "Erf", ["x"], ["y"])], {})
+    with pytest.raises(UnsupportedOpError, match="'Erf' in node 'mystery'"):
+        Model(g)
+
+
+def test_batch_norm_and_activation_are_folded():
+    model = tunerd.load_model("zoo:mobilenet", input_size=32)
+    ops = {n.op for n in model.graph.nodes}
+    assert "BatchNormalization" not in ops and "Clip" not in ops
+    assert all(n.attrs.get("activation") == "relu6" for n in model.graph.nodes if n.op == "Conv")

@@ -1,0 +1,162 @@
+"""Model: a loaded, optimised CNN with its units, stored once on disk and mapped by every process.
+
+``load_model`` builds the graph (zoo builder or ONNX import), runs the load-time passes, infers
+shapes, splits units, and stores the result in the model cache (``graph.json`` + one weights file),
+keyed by content hash. Weights are then memory-mapped read-only from that file, so stage worker
+processes that ``Model.open(model.path)`` share one copy in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import passes
+from .errors import ModelError
+from .graph import Graph, Node
+from .plan import ExecutionPlan
+from .units import Unit, split_units
+from .weights import open_weights, write_weights
+
+log = logging.getLogger(__name__)
+
+GRAPH_FILE = "graph.json"
+WEIGHTS_FILE = "weights.bin"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TUNERD_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tunerd"
+
+
+class Model:
+    def __init__(self, graph: Graph, *, path: Path | None = None, source: str | None = None,
+                 content_hash: str | None = None):
+        self.graph = graph
+        self.source = source or graph.name
+        self.shapes = passes.infer_shapes(graph)
+        self.units: list[Unit] = split_units(graph, self.shapes)
+        self.hash = content_hash or graph.content_hash()
+        self.path = path
+        self._plan: ExecutionPlan | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.graph.input_shape)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.graph.output_name]
+
+    @property
+    def flops(self) -> int:
+        return sum(u.flops for u in self.units)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(int(w.nbytes) for w in self.graph.weights.values())
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, input={self.input_shape}, nodes={len(self.graph.nodes)}, "
+                f"units={len(self.units)}, gflops={self.flops / 1e9:.2f})")
+
+    # ------------------------------------------------------------------ execution
+    def check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ModelError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise ModelError(f"input dtype must be float32, got {x.dtype}")
+        if tuple(x.shape) != self.input_shape:
+            raise ModelError(f"input shape must be {list(self.input_shape)}, got {list(x.shape)}")
+        return np.ascontiguousarray(x)
+
+    def plan(self, first_unit: int = 0, last_unit: int | None = None) -> ExecutionPlan:
+        """An execution plan for units first_unit..last_unit (inclusive)."""
+        last_unit = len(self.units) - 1 if last_unit is None else last_unit
+        if not 0 <= first_unit <= last_unit < len(self.units):
+            raise ModelError(f"unit range {first_unit}-{last_unit} is outside 0-{len(self.units) - 1}")
+        first, last = self.units[first_unit], self.units[last_unit]
+        return ExecutionPlan(self.graph, self.shapes, first=first.first, last=last.last,
+                             input_name=first.input, output_name=last.output,
+                             unit_ends=[u.last for u in self.units[first_unit:last_unit + 1]])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the whole model in this process (the reference). Returns a new array."""
+        x = self.check_input(x)
+        if self._plan is None:
+            self._plan = self.plan()
+        return self._plan.run(x).copy()
+
+    # ------------------------------------------------------------------ storage
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_weights(directory / WEIGHTS_FILE, self.graph.weights)
+        meta = {"format": 1, "source": self.source, "hash": self.hash, "graph": self.graph.structure_dict()}
+        tmp = directory / f".{GRAPH_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, directory / GRAPH_FILE)
+        return directory
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "Model":
+        """Open a stored model; its weights are mapped read-only, not read."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / GRAPH_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot open stored model in {directory}: {err}") from err
+        g = meta["graph"]
+        weights = open_weights(directory / WEIGHTS_FILE)
+        graph = Graph(g["name"], g["input_name"], tuple(g["input_shape"]), g["output_name"],
+                      [Node.from_dict(n) for n in g["nodes"]], weights)
+        return cls(graph, path=directory, source=meta.get("source"), content_hash=meta.get("hash"))
+
+
+def _build_graph(source: str, input_size: int | None) -> Graph:
+    if source.startswith("zoo:"):
+        from . import zoo
+        return zoo.build(source[4:], input_size=input_size)
+    path = Path(source)
+    if path.is_dir() and (path / GRAPH_FILE).exists():
+        raise ModelError("a stored model directory is opened with Model.open, not built")
+    if not path.exists():
+        raise ModelError(f"model {source!r} not found (expected an .onnx file or zoo:NAME)")
+    from . import onnx_io
+    return onnx_io.import_onnx(path, input_size=input_size)
+
+
+def load_model(source: str | os.PathLike, *, input_size: int | None = None, store: bool = True) -> Model:
+    """Load ``zoo:NAME`` or an ``.onnx`` file; ``input_size`` (H = W) shrinks the input for tests.
+
+    With ``store`` (the default) the optimised model is kept in the model cache and its weights are
+    mapped from there, so other processes can open the same copy by ``model.path``.
+    """
+    source = os.fspath(source)
+    if input_size is not None and (int(input_size) != input_size or input_size < 8):
+        raise ModelError(f"input_size must be an integer >= 8, got {input_size!r}")
+    path = Path(source)
+    if path.is_dir() and (path / GRAPH_FILE).exists():
+        return Model.open(path)
+    graph = passes.optimize(_build_graph(source, input_size))
+    model = Model(graph, source=source)
+    if not store:
+        return model
+    target = cache_dir() / "models" / model.hash[:20]
+    if not (target / GRAPH_FILE).exists():
+        log.info("storing %s in %s", source, target)
+        model.save(target)
+    stored = Model.open(target)
+    stored.source = source
+    return stored
