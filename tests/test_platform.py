@@ -1,13 +1,16 @@
 """Platform discovery, emulation and the `tunerd platform` command, on fake trees of real boards."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tunerd import cli
 from tunerd.errors import ConfigError, HintsError, PlatformError
 from tunerd.fakesysfs import FakeBoard, FakePolicy, make_emulated_tree, set_emulated_freq
 from tunerd.platform import (Cluster, cluster_names, discover, effective_speed, parse_platform_spec,
@@ -396,3 +399,84 @@ def test_board_platforms(tmp_path):
         resolve_platform(str(path))
     with pytest.raises(HintsError, match="unknown board 'no-such-board'"):
         resolve_platform("board:no-such-board")
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tunerd_main(monkeypatch):
+    """cli.main with only this command registered, so sibling commands cannot break these tests."""
+    assert "tunerd.commands.platform" in cli.COMMAND_MODULES
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["tunerd.commands.platform"])
+    return cli.main
+
+
+def test_cli_table(tunerd_main, fake_sysfs, capsys):
+    root = fake_sysfs("hikey970")
+    assert tunerd_main(["platform", "--sysfs-root", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "source: auto"
+    assert lines[1].split() == ["CLUSTER", "CORE", "CPUS", "CAPACITY", "MIN", "MHz", "CUR", "MHz",
+                                "MAX", "MHz", "SPEED", "EFF"]
+    assert lines[2].split() == ["little", "A53", "0-3", "462", "509", "1844", "1844", "1.00", "1.00"]
+    assert lines[3].split() == ["big", "A73", "4-7", "1024", "682", "2362", "2362", "1.00", "1.00"]
+    assert lines[1].index("CPUS") == lines[2].index("0-3") == lines[3].index("4-7")   # aligned
+    assert any(line.split()[:3] == ["thermal_zone0", "soc_thermal", "47.0"] for line in lines)
+
+
+def test_cli_json(tunerd_main, fake_sysfs, capsys):
+    root = fake_sysfs("jetson-tx2")
+    assert tunerd_main(["platform", "--sysfs-root", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "auto"
+    assert [set(c) for c in data["clusters"]] == [{"name", "core_type", "cpus", "capacity", "min_khz",
+                                                  "cur_khz", "max_khz", "speed"}] * 2
+    assert data["clusters"][1] == {"name": "big", "core_type": "Denver2", "cpus": [1, 2],
+                                   "capacity": None, "min_khz": 345600, "cur_khz": 2035200,
+                                   "max_khz": 2035200, "speed": 1.0}
+    assert {"name", "type", "temp_c"} <= set(data["thermal"][0]) and data["thermal"][0]["temp_c"] == 41.5
+
+
+def test_cli_emulated(tunerd_main, fake_sysfs, capsys):
+    cpus = sorted(os.sched_getaffinity(0))
+    spec = f"emulate:big={cpus[0]}@1.0" + (f",little={cpus[1]}@0.5" if len(cpus) > 1 else "")
+    root = fake_sysfs(spec)
+    set_emulated_freq(root, cpus[0], 1_000_000)
+    assert tunerd_main(["platform", "--platform", spec, "--sysfs-root", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "emulate" and data["clusters"][-1]["cur_khz"] == 1_000_000
+    assert tunerd_main(["platform", "--platform", spec, "--sysfs-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"source: emulate  ({spec})")
+    assert [line.split()[-2:] for line in out.splitlines() if line.startswith("big")] == [["1.00", "0.50"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--platform", "emulate:big=0@0"], "speed must be > 0"),
+    (["--platform", "emulate:big=100000@1"], "not available on this machine"),
+    (["--platform", "nonsense"], "unknown platform spec"),
+])
+def test_cli_errors_are_one_line(tunerd_main, capsys, tmp_path, args, message):
+    assert tunerd_main(["platform", "--sysfs-root", str(tmp_path), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tunerd platform: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_fake_root_given_for_sysfs_root(tunerd_main, fake_sysfs, capsys):
+    root = fake_sysfs("x86-vm")
+    assert tunerd_main(["platform", "--sysfs-root", str(root.parent)]) == 1
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_make_sysfs_script(tmp_path, capsys):
+    path = Path(__file__).resolve().parent.parent / "tools" / "make_sysfs.py"
+    spec = importlib.util.spec_from_file_location("make_sysfs", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["jetson-tx2", str(tmp_path / "tx2"), "--online", "0,3-5"]) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert root == tmp_path / "tx2" / "sys" and discover(root).cpus == (0, 3, 4, 5)
+    assert tool.main(["emulate:big=0@1.0,little=1@0.5", str(tmp_path / "emu")]) == 0
+    assert (tmp_path / "emu/sys" / f"{POLICY}1" / "scaling_cur_freq").read_text() == "2000000\n"
+    assert tool.main(["pi5", str(tmp_path / "x")]) == 1
+    assert "unknown fake board" in capsys.readouterr().err

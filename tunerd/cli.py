@@ -12,6 +12,7 @@ from .errors import TunerdError
 COMMAND_MODULES = [
     "tunerd.commands.model",
     "tunerd.commands.bench",
+    "tunerd.commands.platform",
 ]
 
 
