@@ -1,0 +1,241 @@
+"""2-D convolution (NCHW, ONNX Conv semantics) as GEMM over phase-layout columns.
+
+Three paths, chosen from the shapes alone (see ``_plan``):
+- ``gemm1x1``: 1x1 kernel, stride 1, no padding: ``W (M, C) @ x (C, H*W)`` straight into ``out``.
+- ``gemm``: im2col in the phase layout of ``_phases`` (one contiguous copy per tap), then one
+  ``np.matmul(W_g, cols_g, out=...)`` per group.
+- ``depthwise``: one input channel per group: no im2col; ``acc += w[:, tap] * tap view`` over the
+  kh*kw taps, vectorised over channels.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _phases
+from ._checks import (
+    apply_activation, check_activation, check_f32, check_out, pair, quad, take_workspace, view_2d,
+)
+
+
+
+def conv_output_hw(h, w, kernel, strides, pads, dilations) -> tuple[int, int]:
+    """Output (ho, wo) of a conv; ``pads`` is (top, left, bottom, right)."""
+    kh, kw = pair("conv_output_hw", "kernel", kernel, 1)
+    sy, sx = pair("conv_output_hw", "strides", strides, 1)
+    dy, dx = pair("conv_output_hw", "dilations", dilations, 1)
+    pt, pl, pb, pr = quad("conv_output_hw", "pads", pads)
+    ho = (int(h) + pt + pb - dy * (kh - 1) - 1) // sy + 1
+    wo = (int(w) + pl + pr - dx * (kw - 1) - 1) // sx + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"conv_output_hw: kernel {(kh, kw)} (dilations {(dy, dx)}) does not fit input "
+            f"{(h, w)} with pads {tuple(pads)}")
+    return ho, wo
+
+
+class _Plan(NamedTuple):
+    path: str               # "gemm1x1" | "gemm" | "depthwise"
+    out_shape: tuple
+    lay: object             # _phases.Layout or None
+    cols: int               # workspace elements of the im2col matrix
+    full: int               # workspace elements of the uncompacted GEMM/accumulator result
+    tmp: int                # workspace elements of the depthwise product and expanded weights
+    direct: bool            # GEMM output rows are exactly output rows (wq == wo)
+
+    @property
+    def workspace(self) -> int:
+        return (self.lay.size if self.lay else 0) + self.cols + self.full + self.tmp
+
+
+@lru_cache(maxsize=512)
+def _plan(x_shape, w_shape, strides, pads, dilations, group) -> _Plan:
+    fn = "conv2d"
+    if len(x_shape) != 4:
+        raise ValueError(f"{fn}: x must be 4-D NCHW, got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"{fn}: w must be 4-D (M, C/group, kh, kw), got shape {w_shape}")
+    n, c, h, w = x_shape
+    m, cg, kh, kw = w_shape
+    if not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"{fn}: group must be an int >= 1, got {group!r}")
+    if c % group or m % group:
+        raise ValueError(f"{fn}: group {group} must divide input channels {c} and output channels {m}")
+    if cg != c // group:
+        raise ValueError(
+            f"{fn}: w has {cg} input channels per group, expected {c // group} "
+            f"(x channels {c}, group {group})")
+    if min(x_shape) < 1 or min(w_shape) < 1:
+        raise ValueError(f"{fn}: empty shapes x {x_shape} w {w_shape}")
+    strides = pair(fn, "strides", strides, 1)
+    dilations = pair(fn, "dilations", dilations, 1)
+    pads = quad(fn, "pads", pads)
+    ho, wo = conv_output_hw(h, w, (kh, kw), strides, pads, dilations)
+    out_shape = (n, m, ho, wo)
+    if (kh, kw) == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0):
+        return _Plan("gemm1x1", out_shape, None, 0, 0, 0, True)
+    lay = _phases.layout(c, h, w, ho, wo, (kh, kw), strides, pads, dilations)
+    direct = lay.wq == wo
+    ntaps = kh * kw
+    if cg == 1 and group > 1:
+        # accumulator, product, and per-tap weights (+ bias) expanded to a row in either layout
+        full = c * lay.span
+        weights = (m // c) * (ntaps + 1) * c * (lay.wq if lay.span < _phases.MIN_CHW_SPAN else 1)
+        return _Plan("depthwise", out_shape, lay, 0, full, full + weights, direct)
+    cols = 0 if ntaps == 1 else c * ntaps * lay.span
+    full = 0 if direct else m * lay.span
+    return _Plan("gemm", out_shape, lay, cols, full, 0, direct)
+
+
+def _plan_for(x_shape, w_shape, strides, pads, dilations, group) -> _Plan:
+    try:
+        return _plan(tuple(x_shape), tuple(w_shape), tuple(strides), tuple(pads), tuple(dilations), group)
+    except TypeError as err:  # unhashable junk in an argument
+        raise ValueError(
+            f"conv2d: bad geometry strides={strides!r} pads={pads!r} dilations={dilations!r} "
+            f"group={group!r}") from err
+
+
+def conv2d_workspace_size(x_shape, w_shape, *, strides=(1, 1), pads=(0, 0, 0, 0),
+                          dilations=(1, 1), group=1) -> int:
+    """Elements of float32 scratch ``conv2d`` needs for these shapes (0 when none)."""
+    return _plan_for(x_shape, w_shape, strides, pads, dilations, group).workspace
+
+
+def conv2d(x, w, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+           activation=None, out=None, workspace=None):
+    """ONNX Conv over NCHW float32 with optional fused bias and activation ("relu", "relu6")."""
+    fn = "conv2d"
+    check_f32(fn, "x", x, 4)
+    check_f32(fn, "w", w, 4)
+    check_activation(fn, activation)
+    plan = _plan_for(x.shape, w.shape, strides, pads, dilations, group)
+    m = w.shape[0]
+    if bias is not None:
+        check_f32(fn, "bias", bias, 1)
+        if bias.shape[0] != m:
+            raise ValueError(f"{fn}: bias must have shape ({m},), got {bias.shape}")
+    out = check_out(fn, out, plan.out_shape)
+    ws = take_workspace(fn, workspace, plan.workspace)
+    if plan.path == "gemm1x1":
+        _conv_gemm1x1(x, w, bias, activation, out)
+    elif plan.path == "gemm":
+        _conv_gemm(x, w, bias, group, activation, out, ws, plan)
+    else:
+        _conv_depthwise(x, w, bias, activation, out, ws, plan)
+    return out
+
+
+def _finish(y: np.ndarray, bias, activation) -> None:
+    """Bias and activation in place on one sample's output (M, ho, wo)."""
+    if bias is not None:
+        y += bias[:, None, None]
+    apply_activation(y, activation)
+
+
+def _conv_gemm1x1(x, w, bias, activation, out) -> None:
+    n, c, h, wd = x.shape
+    m = w.shape[0]
+    w2 = w.reshape(m, c)
+    for i in range(n):
+        dst = view_2d(out[i], m, h * wd)
+        xi = x[i].reshape(c, h * wd)
+        if dst is not None:
+            np.matmul(w2, xi, out=dst)
+        else:
+            out[i] = np.matmul(w2, xi).reshape(m, h, wd)
+        _finish(out[i], bias, activation)
+
+
+def _conv_gemm(x, w, bias, group, activation, out, ws, plan: _Plan) -> None:
+    lay = plan.lay
+    n, c = x.shape[:2]
+    m, cg, kh, kw = w.shape
+    ntaps = kh * kw
+    span, ho, wo, wq = lay.span, lay.ho, lay.wo, lay.wq
+    mg, kg = m // group, cg * ntaps
+    w2 = w.reshape(m, kg)
+    qbuf = ws[: lay.size]
+    colbuf = ws[lay.size: lay.size + plan.cols]
+    fullbuf = ws[lay.size + plan.cols: lay.size + plan.cols + plan.full]
+    for i in range(n):
+        rows = _phases.fill_chw(lay, x[i], qbuf, 0.0)
+        if ntaps == 1:
+            p, oy, ox = lay.taps[0]
+            cols = rows[p * c: (p + 1) * c, oy * wq + ox:][:, :span]
+        else:
+            cols = colbuf.reshape(c * ntaps, span)
+            cols3 = cols.reshape(c, ntaps, span)
+            for t, (p, oy, ox) in enumerate(lay.taps):
+                np.copyto(cols3[:, t], rows[p * c: (p + 1) * c, oy * wq + ox:][:, :span])
+        yi = out[i]
+        full = None if plan.direct else fullbuf.reshape(m, span)
+        for g in range(group):
+            wg = w2[g * mg: (g + 1) * mg]
+            cg_cols = cols[g * kg: (g + 1) * kg] if ntaps > 1 else cols[g * cg: (g + 1) * cg]
+            if full is not None:
+                np.matmul(wg, cg_cols, out=full[g * mg: (g + 1) * mg])
+                continue
+            dst = view_2d(yi[g * mg: (g + 1) * mg], mg, span)
+            if dst is not None:
+                np.matmul(wg, cg_cols, out=dst)
+            else:
+                yi[g * mg: (g + 1) * mg] = np.matmul(wg, cg_cols).reshape(mg, ho, wo)
+        if full is not None:
+            src = full.reshape(m, ho, wq)[:, :, :wo]
+            if bias is not None:
+                np.add(src, bias[:, None, None], out=yi)
+            else:
+                np.copyto(yi, src)
+            apply_activation(yi, activation)
+        else:
+            _finish(yi, bias, activation)
+
+
+def _conv_depthwise(x, w, bias, activation, out, ws, plan: _Plan) -> None:
+    lay = plan.lay
+    n, c = x.shape[:2]
+    m, _, kh, kw = w.shape
+    mult = m // c
+    ntaps = kh * kw
+    hcw = lay.span < _phases.MIN_CHW_SPAN
+    qbuf = ws[: lay.size]
+    acc = ws[lay.size: lay.size + plan.full]
+    tmp = ws[lay.size + plan.full: lay.size + 2 * plan.full]
+    wbuf = ws[lay.size + 2 * plan.full: lay.size + plan.full + plan.tmp]
+    wtap = w.reshape(c, mult, ntaps).transpose(1, 2, 0)     # (mult, ntaps, C)
+    bias2 = None if bias is None else bias.reshape(c, mult).T
+    if hcw:
+        # NOTE: rows-outer views are (ho, C*wq): each tap's weights become one contiguous row
+        wq = lay.wq
+        wexp = wbuf.reshape(mult, ntaps + 1, c, wq)
+        np.copyto(wexp[:, :ntaps], wtap[..., None])
+        if bias2 is not None:
+            np.copyto(wexp[:, ntaps], bias2[..., None])
+        weights = wexp.reshape(mult, ntaps + 1, c * wq)
+        biases = [None if bias is None else weights[j, ntaps] for j in range(mult)]
+    else:
+        weights = wbuf.reshape(mult, ntaps + 1, c, 1)
+        np.copyto(weights[:, :ntaps, :, 0], wtap)
+        biases = [None if bias is None else bias2[j, :, None] for j in range(mult)]
+    for i in range(n):
+        views = _phases.tap_views(lay, _phases.fill(lay, x[i], qbuf, 0.0, hcw), hcw)
+        a = acc.reshape(views[0].shape)
+        t = tmp.reshape(views[0].shape)
+        yi = out[i].reshape(c, mult, lay.ho, lay.wo)
+        for j in range(mult):
+            _accumulate(a, t, views, weights[j], biases[j])
+            np.copyto(yi[:, j], _phases.result_view(lay, a, hcw))
+        apply_activation(out[i], activation)
+
+
+def _accumulate(acc, tmp, views, weights, bias) -> None:
+    """acc = sum_t views[t] * weights[t] (+ bias); numpy has no fused multiply-add ufunc."""
+    np.multiply(views[0], weights[0], out=acc)
+    if bias is not None:
+        np.add(acc, bias, out=acc)
+    for t in range(1, len(views)):
+        np.multiply(views[t], weights[t], out=tmp)
+        np.add(acc, tmp, out=acc)
