@@ -1,0 +1,85 @@
+"""Normalisation for inference: BatchNormalization (and folding it into a conv) and LRN."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_f32, check_out
+
+
+def _bn_vectors(fn, c, scale, bias, mean, var, epsilon):
+    for name, v in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
+        check_f32(fn, name, v, 1)
+        if v.shape[0] != c:
+            raise ValueError(f"{fn}: {name} must have shape ({c},), got {v.shape}")
+    if not epsilon >= 0:
+        raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon!r}")
+    mul = scale / np.sqrt(var + np.float32(epsilon))
+    return mul, bias - mean * mul
+
+
+def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, out=None):
+    """Inference BatchNormalization over axis 1 of an (N, C, ...) float32 tensor."""
+    fn = "batch_norm"
+    check_f32(fn, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: x must be at least 2-D (N, C, ...), got shape {x.shape}")
+    mul, add = _bn_vectors(fn, x.shape[1], scale, bias, mean, var, epsilon)
+    out = check_out(fn, out, x.shape)
+    tail = (1,) * (x.ndim - 2)
+    np.multiply(x, mul.reshape(-1, *tail), out=out)
+    out += add.reshape(-1, *tail)
+    return out
+
+
+def fold_batch_norm(w, b, scale, bias, mean, var, *, epsilon=1e-5):
+    """Fold an inference BatchNormalization into the conv (or Gemm-as-conv) before it.
+
+    ``w`` is (M, ...) with M output channels, ``b`` the conv bias or None; returns new float32
+    (w2, b2) with conv(x, w2, b2) == batch_norm(conv(x, w, b)).
+    """
+    fn = "fold_batch_norm"
+    check_f32(fn, "w", w)
+    if w.ndim < 1:
+        raise ValueError(f"{fn}: w must have an output-channel axis, got shape {w.shape}")
+    m = w.shape[0]
+    if b is not None:
+        check_f32(fn, "b", b, 1)
+        if b.shape[0] != m:
+            raise ValueError(f"{fn}: b must have shape ({m},), got {b.shape}")
+    mul, add = _bn_vectors(fn, m, scale, bias, mean, var, epsilon)
+    w2 = w * mul.reshape(-1, *(1,) * (w.ndim - 1))
+    b2 = add if b is None else add + b * mul
+    return np.ascontiguousarray(w2, np.float32), np.ascontiguousarray(b2, np.float32)
+
+
+def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
+    """ONNX LRN: x / (bias + alpha/size * sum of x^2 over a window of ``size`` channels)^beta."""
+    fn = "lrn"
+    check_f32(fn, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: x must be at least 2-D (N, C, ...), got shape {x.shape}")
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{fn}: size must be an int >= 1, got {size!r}")
+    out = check_out(fn, out, x.shape)
+    c = x.shape[1]
+    lo = (size - 1) // 2            # channels before c in the window; ceil((size-1)/2) after
+    hi = size - 1 - lo
+    sq = np.square(x)
+    # NOTE: a sum of shifted slices, not a cumsum difference: no cancellation in float32
+    acc = sq.copy()
+    for d in range(1, lo + 1):
+        acc[:, d:] += sq[:, : c - d]
+    for d in range(1, hi + 1):
+        acc[:, : c - d] += sq[:, d:]
+    acc *= np.float32(alpha / size)
+    acc += np.float32(bias)
+    if beta == 0.75:
+        # t^-0.75 = 1 / (sqrt(t) * sqrt(sqrt(t))): two square roots beat a float power
+        r = np.sqrt(acc)
+        np.sqrt(r, out=acc)
+        acc *= r
+        np.divide(x, acc, out=out)
+    else:
+        np.power(acc, np.float32(-beta), out=acc)
+        np.multiply(x, acc, out=out)
+    return out
