@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .errors import ModelError
 from .graph import Graph, Node
 
 
@@ -44,7 +45,13 @@ class GraphBuilder:
         name = self._fresh(name)
         node = Node(name, op, list(inputs), [name], attrs)
         in_shapes = [self.shapes[i] for i in inputs if i]
-        self.shapes[name] = tuple(ops.OPS[op].infer(node, in_shapes)[0])
+        try:
+            shape = tuple(ops.OPS[op].infer(node, in_shapes)[0])
+        except ValueError as err:
+            raise ModelError(f"layer {name!r} ({op}) on input {in_shapes[0]}: {err} (input too small?)") from err
+        if any(d <= 0 for d in shape):
+            raise ModelError(f"layer {name!r} ({op}) on input {in_shapes[0]} gives an empty output (input too small?)")
+        self.shapes[name] = shape
         self.nodes.append(node)
         return name
 
