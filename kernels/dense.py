@@ -20,6 +20,8 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, act
         raise ValueError(f"{fn}: inner dimensions differ: op(a) is {A.shape}, op(b) is {B.shape}")
     shape = (A.shape[0], B.shape[1])
     if c is not None:
+        if isinstance(c, np.generic):
+            c = np.asarray(c)
         check_f32(fn, "c", c)
         if not _broadcasts_to(c.shape, shape):
             raise ValueError(f"{fn}: c of shape {c.shape} does not broadcast to {shape}")

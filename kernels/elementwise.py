@@ -82,7 +82,7 @@ def sigmoid(x, out=None):
     check_f32("sigmoid", "x", x)
     out = check_out("sigmoid", out, np.shape(x))
     np.negative(x, out=out)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         np.exp(out, out=out)
     out += np.float32(1)
     np.reciprocal(out, out=out)

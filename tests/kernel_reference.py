@@ -13,11 +13,10 @@ def assert_close(actual, expected, rtol=1e-4, atol=1e-5):
     np.testing.assert_allclose(actual, expected.astype(np.float64), rtol=rtol, atol=atol)
 
 
-def pad_nchw(x, pads, value=0.0, extra=(0, 0)):
-    """Pad H and W by (top, left, bottom, right) plus ``extra`` (bottom, right) overhang."""
+def pad_nchw(x, pads):
+    """float64 copy with H and W zero-padded by (top, left, bottom, right)."""
     t, l, b, r = pads
-    return np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (t, b + extra[0]), (l, r + extra[1])),
-                  constant_values=value)
+    return np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (t, b), (l, r)))
 
 
 def conv2d_ref(x, w, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
@@ -57,7 +56,8 @@ def pool_out_size(size, k, s, p0, p1, d=1, ceil_mode=False):
 
 def pool2d_ref(x, kernel, strides, pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=False,
                mode="max", count_include_pad=False):
-    """Loop over output pixels; avg divisor counts pads (not the ceil overhang) when asked."""
+    """Max/mean over the k*k taps of a NaN-padded copy; the avg divisor counts explicit pads (not
+    the ceil_mode overhang past them) only with ``count_include_pad``."""
     n, c, h, w = x.shape
     kh, kw = kernel
     sy, sx = strides
@@ -65,23 +65,22 @@ def pool2d_ref(x, kernel, strides, pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mod
     t, l, b, r = pads
     ho = pool_out_size(h, kh, sy, t, b, dy, ceil_mode)
     wo = pool_out_size(w, kw, sx, l, r, dx, ceil_mode)
-    x64 = np.asarray(x, np.float64)
-    y = np.zeros((n, c, ho, wo))
-    for oy in range(ho):
-        for ox in range(wo):
-            ys = [oy * sy - t + ky * dy for ky in range(kh)]
-            xs = [ox * sx - l + kx * dx for kx in range(kw)]
-            inside = [(i, j) for i in ys for j in xs if 0 <= i < h and 0 <= j < w]
-            vals = np.stack([x64[:, :, i, j] for i, j in inside], axis=-1)
-            if mode == "max":
-                y[:, :, oy, ox] = vals.max(axis=-1)
-            else:
-                if count_include_pad:
-                    cnt = sum(1 for i in ys for j in xs if -t <= i < h + b and -l <= j < w + r)
-                else:
-                    cnt = len(inside)
-                y[:, :, oy, ox] = vals.sum(axis=-1) / cnt
-    return y
+    over = (max(0, (ho - 1) * sy + dy * (kh - 1) + 1 - (h + t + b)),
+            max(0, (wo - 1) * sx + dx * (kw - 1) + 1 - (w + l + r)))
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (t, b + over[0]), (l, r + over[1])), constant_values=np.nan)
+    in_pads = np.pad(np.ones((h + t + b, w + l + r)), ((0, over[0]), (0, over[1])))
+    taps, counted = [], []
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky * dy, ky * dy + sy * (ho - 1) + 1, sy)
+            cols = slice(kx * dx, kx * dx + sx * (wo - 1) + 1, sx)
+            taps.append(xp[:, :, rows, cols])
+            counted.append(in_pads[rows, cols])
+    taps = np.stack(taps)
+    if mode == "max":
+        return np.nanmax(taps, axis=0)
+    count = np.sum(counted, axis=0) if count_include_pad else np.sum(~np.isnan(taps), axis=0)
+    return np.nansum(taps, axis=0) / count
 
 
 def load_kernels():
