@@ -1,6 +1,7 @@
-"""Padded, phase-split copies of an input: the scratch layout shared by conv and pooling.
+"""Padded, phase-split copies of an input: the scratch layout of convolution (the source of
+im2col copies, and of depthwise taps).
 
-NOTE: why phases. A window kernel (conv tap, pool tap) with stride s reads x[s*y + r, s*x + c].
+NOTE: why phases. A conv tap with stride s reads x[s*y + r, s*x + c].
 Splitting the padded input into s*s phase images Q[p][a, b] = P[s*a + py, s*b + px] turns every
 tap into a stride-1 read of one phase at an offset. Flattening each phase image row-major with a
 width of ``wq`` columns turns that read into ONE contiguous slice per channel
@@ -17,10 +18,8 @@ import numpy as np
 
 # NOTE: below this many elements per channel plane, numpy's per-row loop overhead dominates
 # channel-major tap loops (measured: ~45 ns a row); the (rows, channels, cols) layout pays two
-# transposing copies to get one long loop per tap instead. Pooling has no per-channel weights to
-# stream alongside, so it gains from the long loops up to much larger planes (2-core x86).
+# transposing copies to get one long loop per tap instead (measured on 2-core x86).
 MIN_CHW_SPAN = 2048
-MIN_CHW_SPAN_POOL = 16384
 
 
 class Layout(NamedTuple):
@@ -175,3 +174,4 @@ def result_view(lay: Layout, acc: np.ndarray, hcw: bool) -> np.ndarray:
     if hcw:
         return acc.reshape(lay.ho, lay.c, lay.wq).transpose(1, 0, 2)[:, :, :lay.wo]
     return acc.reshape(lay.c, lay.ho, lay.wq)[:, :, :lay.wo]
+

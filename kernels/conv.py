@@ -39,15 +39,13 @@ def conv_output_hw(h, w, kernel, strides, pads, dilations) -> tuple[int, int]:
 class _Plan(NamedTuple):
     path: str               # "gemm1x1" | "gemm" | "depthwise"
     out_shape: tuple
-    lay: object             # _phases.Layout or None
-    cols: int               # workspace elements of the im2col matrix
-    full: int               # workspace elements of the uncompacted GEMM/accumulator result
-    tmp: int                # workspace elements of the depthwise product and expanded weights
-    direct: bool            # GEMM output rows are exactly output rows (wq == wo)
+    lay: object             # depthwise: the _phases.Layout
+    parts: tuple            # workspace segments (elements), in order; see the path's function
+    jobs: tuple = ()         # gemm: im2col copies (see _im2col_jobs)
 
     @property
     def workspace(self) -> int:
-        return (self.lay.size if self.lay else 0) + self.cols + self.full + self.tmp
+        return sum(self.parts)
 
 
 @lru_cache(maxsize=512)
@@ -74,19 +72,39 @@ def _plan(x_shape, w_shape, strides, pads, dilations, group) -> _Plan:
     pads = quad(fn, "pads", pads)
     ho, wo = conv_output_hw(h, w, (kh, kw), strides, pads, dilations)
     out_shape = (n, m, ho, wo)
-    if (kh, kw) == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0):
-        return _Plan("gemm1x1", out_shape, None, 0, 0, 0, True)
-    lay = _phases.layout(c, h, w, ho, wo, (kh, kw), strides, pads, dilations)
-    direct = lay.wq == wo
     ntaps = kh * kw
     if cg == 1 and group > 1:
-        # accumulator, product, and per-tap weights (+ bias) expanded to a row in either layout
-        full = c * lay.span
+        lay = _phases.layout(c, h, w, ho, wo, (kh, kw), strides, pads, dilations)
+        # phase images, accumulator, product, per-tap weights (+ bias) expanded to a row
+        acc = c * lay.span
         weights = (m // c) * (ntaps + 1) * c * (lay.wq if lay.span < _phases.MIN_CHW_SPAN else 1)
-        return _Plan("depthwise", out_shape, lay, 0, full, full + weights, direct)
-    cols = 0 if ntaps == 1 else c * ntaps * lay.span
-    full = 0 if direct else m * lay.span
-    return _Plan("gemm", out_shape, lay, cols, full, 0, direct)
+        return _Plan("depthwise", out_shape, lay, (lay.size, acc, acc, weights))
+    if ntaps == 1 and strides == (1, 1) and pads == (0, 0, 0, 0):
+        return _Plan("gemm1x1", out_shape, None, ())
+    # phase images of one sample (none when x itself will do), im2col columns of one sample
+    if strides == (1, 1) and not any(pads):
+        lay, jobs = None, ((0, slice(None), slice(None), 0, 0) + dilations,)
+    else:
+        lay = _phases.layout(c, h, w, ho, wo, (kh, kw), strides, pads, dilations)
+        jobs = _im2col_jobs(lay, kh, kw, strides, dilations)
+    return _Plan("gemm", out_shape, lay, (lay.size if lay else 0, c * ntaps * ho * wo), jobs)
+
+
+def _im2col_jobs(lay, kh, kw, strides, dilations) -> tuple:
+    """Copies that fill im2col columns (C, kh, kw, ho, wo) from phase images, as few as possible.
+
+    Each job is (phase, ky slice, kx slice, oy0, ox0, step_y, step_x): columns[:, ky slice,
+    kx slice] <- phase[:, oy0 + step_y*a + y, ox0 + step_x*b + x].
+    """
+    sy, sx = strides
+    if dilations == (1, 1):
+        # tap (py + sy*a, px + sx*b) reads phase (py, px) at offset (a, b)
+        return tuple((p, slice(py, None, sy), slice(px, None, sx), 0, 0, 1, 1)
+                     for p, (py, px) in enumerate(lay.phases))
+    if strides == (1, 1):
+        return ((0, slice(None), slice(None), 0, 0) + tuple(dilations),)
+    return tuple((p, slice(ky, ky + 1), slice(kx, kx + 1), oy, ox, 1, 1)
+                 for (ky, kx), (p, oy, ox) in zip(np.ndindex(kh, kw), lay.taps))
 
 
 def _plan_for(x_shape, w_shape, strides, pads, dilations, group) -> _Plan:
@@ -120,7 +138,7 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 
     out = check_out(fn, out, plan.out_shape)
     ws = take_workspace(fn, workspace, plan.workspace)
     if plan.path == "gemm1x1":
-        _conv_gemm1x1(x, w, bias, activation, out)
+        _conv_gemm1x1(x, w, bias, group, activation, out)
     elif plan.path == "gemm":
         _conv_gemm(x, w, bias, group, activation, out, ws, plan)
     else:
@@ -135,63 +153,58 @@ def _finish(y: np.ndarray, bias, activation) -> None:
     apply_activation(y, activation)
 
 
-def _conv_gemm1x1(x, w, bias, activation, out) -> None:
+def _conv_gemm1x1(x, w, bias, group, activation, out) -> None:
     n, c, h, wd = x.shape
-    m = w.shape[0]
-    w2 = w.reshape(m, c)
+    m, cg = w.shape[:2]
+    mg = m // group
+    w2 = w.reshape(m, cg)
     for i in range(n):
-        dst = view_2d(out[i], m, h * wd)
         xi = x[i].reshape(c, h * wd)
-        if dst is not None:
-            np.matmul(w2, xi, out=dst)
-        else:
-            out[i] = np.matmul(w2, xi).reshape(m, h, wd)
+        for g in range(group):
+            wg, xg = w2[g * mg: (g + 1) * mg], xi[g * cg: (g + 1) * cg]
+            dst = view_2d(out[i, g * mg: (g + 1) * mg], mg, h * wd)
+            if dst is not None:
+                np.matmul(wg, xg, out=dst)
+            else:
+                out[i, g * mg: (g + 1) * mg] = np.matmul(wg, xg).reshape(mg, h, wd)
         _finish(out[i], bias, activation)
 
 
 def _conv_gemm(x, w, bias, group, activation, out, ws, plan: _Plan) -> None:
-    lay = plan.lay
+    # NOTE: exact im2col (no junk columns) by a few 5-D strided copies from the phase images
+    # (unit-stride rows even for strided convs); GEMM output rows are output rows, so np.matmul
+    # writes straight into out.
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
-    ntaps = kh * kw
-    span, ho, wo, wq = lay.span, lay.ho, lay.wo, lay.wq
-    mg, kg = m // group, cg * ntaps
+    _, _, ho, wo = plan.out_shape
+    lay = plan.lay
+    mg, kg = m // group, cg * kh * kw
     w2 = w.reshape(m, kg)
-    qbuf = ws[: lay.size]
-    colbuf = ws[lay.size: lay.size + plan.cols]
-    fullbuf = ws[lay.size + plan.cols: lay.size + plan.cols + plan.full]
+    nq, ncols = plan.parts
+    cols = ws[nq: nq + ncols].reshape(c * kh * kw, ho * wo)
+    cols5 = cols.reshape(c, kh, kw, ho, wo)
     for i in range(n):
-        rows = _phases.fill_chw(lay, x[i], qbuf, 0.0)
-        if ntaps == 1:
-            p, oy, ox = lay.taps[0]
-            cols = rows[p * c: (p + 1) * c, oy * wq + ox:][:, :span]
+        if lay is None:
+            phases = x[i][None]
         else:
-            cols = colbuf.reshape(c * ntaps, span)
-            cols3 = cols.reshape(c, ntaps, span)
-            for t, (p, oy, ox) in enumerate(lay.taps):
-                np.copyto(cols3[:, t], rows[p * c: (p + 1) * c, oy * wq + ox:][:, :span])
+            _phases.fill_chw(lay, x[i], ws[:nq], 0.0)
+            phases = ws[: len(lay.phases) * lay.c * lay.block].reshape(-1, c, lay.hq, lay.wq)
+        for p, ky, kx, oy, ox, ty, tx in plan.jobs:
+            dst = cols5[:, ky, kx]
+            src = phases[p, :, oy:, ox:]
+            st_c, st_h, st_w = src.strides
+            np.copyto(dst, np.lib.stride_tricks.as_strided(
+                src, shape=dst.shape, strides=(st_c, ty * st_h, tx * st_w, st_h, st_w), writeable=False))
         yi = out[i]
-        full = None if plan.direct else fullbuf.reshape(m, span)
         for g in range(group):
             wg = w2[g * mg: (g + 1) * mg]
-            cg_cols = cols[g * kg: (g + 1) * kg] if ntaps > 1 else cols[g * cg: (g + 1) * cg]
-            if full is not None:
-                np.matmul(wg, cg_cols, out=full[g * mg: (g + 1) * mg])
-                continue
-            dst = view_2d(yi[g * mg: (g + 1) * mg], mg, span)
+            cols_g = cols[g * kg: (g + 1) * kg]
+            dst = view_2d(yi[g * mg: (g + 1) * mg], mg, ho * wo)
             if dst is not None:
-                np.matmul(wg, cg_cols, out=dst)
+                np.matmul(wg, cols_g, out=dst)
             else:
-                yi[g * mg: (g + 1) * mg] = np.matmul(wg, cg_cols).reshape(mg, ho, wo)
-        if full is not None:
-            src = full.reshape(m, ho, wq)[:, :, :wo]
-            if bias is not None:
-                np.add(src, bias[:, None, None], out=yi)
-            else:
-                np.copyto(yi, src)
-            apply_activation(yi, activation)
-        else:
-            _finish(yi, bias, activation)
+                yi[g * mg: (g + 1) * mg] = np.matmul(wg, cols_g).reshape(mg, ho, wo)
+        _finish(yi, bias, activation)
 
 
 def _conv_depthwise(x, w, bias, activation, out, ws, plan: _Plan) -> None:
@@ -201,10 +214,11 @@ def _conv_depthwise(x, w, bias, activation, out, ws, plan: _Plan) -> None:
     mult = m // c
     ntaps = kh * kw
     hcw = lay.span < _phases.MIN_CHW_SPAN
-    qbuf = ws[: lay.size]
-    acc = ws[lay.size: lay.size + plan.full]
-    tmp = ws[lay.size + plan.full: lay.size + 2 * plan.full]
-    wbuf = ws[lay.size + 2 * plan.full: lay.size + plan.full + plan.tmp]
+    nq, nacc, _, nw = plan.parts
+    qbuf = ws[:nq]
+    acc = ws[nq: nq + nacc]
+    tmp = ws[nq + nacc: nq + 2 * nacc]
+    wbuf = ws[nq + 2 * nacc: nq + 2 * nacc + nw]
     wtap = w.reshape(c, mult, ntaps).transpose(1, 2, 0)     # (mult, ntaps, C)
     bias2 = None if bias is None else bias.reshape(c, mult).T
     if hcw:
