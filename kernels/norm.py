@@ -64,22 +64,25 @@ def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
     c = x.shape[1]
     lo = (size - 1) // 2            # channels before c in the window; ceil((size-1)/2) after
     hi = size - 1 - lo
+    if np.may_share_memory(out, x):
+        np.copyto(out, lrn(x, size, alpha=alpha, beta=beta, bias=bias))
+        return out
     sq = np.square(x)
     # NOTE: a sum of shifted slices, not a cumsum difference: no cancellation in float32
-    acc = sq.copy()
+    np.copyto(out, sq)
     for d in range(1, lo + 1):
-        acc[:, d:] += sq[:, : c - d]
+        out[:, d:] += sq[:, : c - d]
     for d in range(1, hi + 1):
-        acc[:, : c - d] += sq[:, d:]
-    acc *= np.float32(alpha / size)
-    acc += np.float32(bias)
+        out[:, : c - d] += sq[:, d:]
+    out *= np.float32(alpha / size)
+    out += np.float32(bias)
     if beta == 0.75:
         # t^-0.75 = 1 / (sqrt(t) * sqrt(sqrt(t))): two square roots beat a float power
-        r = np.sqrt(acc)
-        np.sqrt(r, out=acc)
-        acc *= r
-        np.divide(x, acc, out=out)
+        np.sqrt(out, out=sq)
+        np.sqrt(sq, out=out)
+        out *= sq
+        np.divide(x, out, out=out)
     else:
-        np.power(acc, np.float32(-beta), out=acc)
-        np.multiply(x, acc, out=out)
+        np.power(out, np.float32(-beta), out=out)
+        np.multiply(x, out, out=out)
     return out

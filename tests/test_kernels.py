@@ -220,6 +220,9 @@ def test_lrn(xs, size, alpha, beta, bias):
     x = rand(*xs, scale=3.0)
     y = K.lrn(x, size, alpha=alpha, beta=beta, bias=bias, out=garbage(xs))
     assert_close(y, lrn_ref(x, size, alpha, beta, bias), rtol=1e-5, atol=1e-6)
+    inplace = x.copy()
+    assert K.lrn(inplace, size, alpha=alpha, beta=beta, bias=bias, out=inplace) is inplace
+    assert_close(inplace, y, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- elementwise, softmax, shape
