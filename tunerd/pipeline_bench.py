@@ -1,0 +1,104 @@
+"""`tunerd bench --pipeline`: throughput of one pipeline config, in-process, no sockets.
+
+Frames stream through a ``Pipeline`` with the pipeline kept full; fps is measured in steady state,
+from the outcome of the last warm-up frame to the outcome of the last timed one. Besides fps and
+latency it reports, per stage, the mean compute / wait-for-input / blocked-on-output times, the
+bottleneck (largest compute / replicas), and the overheads as shares of the bottleneck period:
+
+- hand-off: the bottleneck worker's own time per frame to receive, release and send headers;
+- profiling: reading the frequency each frame, plus the extra cost of per-unit timing on sampled
+  frames (mean compute of sampled minus unsampled frames, amortised over ``profile_every``);
+- main: the main process's time per frame (copy in, copy out, messages, books).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .platform import resolve_platform
+
+
+def stream(pipe, x: np.ndarray, count: int, *, first_id: int = 0, poll_s: float = 0.05,
+           on_submit=None) -> list:
+    """Keep ``pipe`` full with ``count`` copies of ``x``; return the outcomes (each with the
+    ``time.perf_counter()`` it was received as ``received``). ``on_submit(i)`` runs before frame i."""
+    outcomes: list = []
+    sent = 0
+    while len(outcomes) < count:
+        while sent < count:
+            if on_submit is not None:
+                on_submit(sent)
+            if not pipe.submit(first_id + sent, x):
+                break
+            sent += 1
+        got = pipe.poll(poll_s)
+        now = time.perf_counter()
+        for o in got:
+            o.received = now
+            if not o.ok:
+                raise ConfigError(f"frame {o.frame_id} failed: {o.error}")
+        outcomes += got
+    return outcomes
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def summarize(config, outcomes: list, profile_every: int) -> dict[str, Any]:
+    """Per-stage means, bottleneck and overhead shares from the outcomes of timed frames."""
+    stages = []
+    for i, st in enumerate(config.stages):
+        rows = [t for o in outcomes for t in o.stages if t.stage == i]
+        compute = _mean(t.compute_ms for t in rows) or 0.0
+        sampled = _mean(t.compute_ms for t in rows if t.sampled)
+        plain = _mean(t.compute_ms for t in rows if not t.sampled)
+        timing_cost = max(0.0, sampled - plain) / profile_every if sampled and plain and profile_every else 0.0
+        stages.append({"stage": i, "config": str(st), "replicas": st.replicas, "compute_ms": compute,
+                       "wait_ms": _mean(t.wait_ms for t in rows), "blocked_ms": _mean(t.blocked_ms for t in rows),
+                       "handoff_ms": _mean(t.handoff_ms for t in rows),
+                       "profiling_ms": (_mean(t.profiling_ms for t in rows) or 0.0) + timing_cost,
+                       "period_ms": compute / st.replicas})
+    b = int(np.argmax([s["period_ms"] for s in stages]))
+    period = stages[b]["period_ms"]
+    return {"stages": stages, "bottleneck_stage": b, "bottleneck_config": stages[b]["config"],
+            "bottleneck_period_ms": period,
+            "handoff_overhead_pct": 100 * stages[b]["handoff_ms"] / period if period else None,
+            "profiling_overhead_pct": 100 * stages[b]["profiling_ms"] / period if period else None}
+
+
+def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysfs_root: str = "/sys",
+                   frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8) -> dict:
+    from .pipeline import Pipeline
+    if frames < 1 or warmup < 0 or frames + warmup < 2:
+        raise ConfigError(f"need --frames >= 1, --warmup >= 0 and two frames in all (got {frames} and {warmup})")
+    platform = resolve_platform(platform_spec, sysfs_root=sysfs_root)
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    t_start = time.perf_counter()
+    with Pipeline(model, config_text, platform, sysfs_root=sysfs_root, ring_slots=ring_slots,
+                  profile_every=profile_every) as pipe:
+        outcomes = stream(pipe, x, warmup + frames)
+        startup_s = outcomes[0].received - t_start
+        timed = outcomes[warmup:]
+        t0 = outcomes[warmup - 1].received if warmup else outcomes[0].received
+        n = frames if warmup else frames - 1
+        span = timed[-1].received - t0
+        stats = pipe.stats()
+        config = pipe.config
+    latencies = [1000 * o.latency for o in timed]
+    result = {"model": model.name, "input_shape": list(model.input_shape), "mode": "pipeline",
+              "config": str(config), "platform": platform.describe(), "frames": frames,
+              "fps": n / span if span > 0 else float("inf"),
+              "latency_ms_median": float(np.median(latencies)),
+              "latency_ms_p90": float(np.percentile(latencies, 90)),
+              "startup_s": startup_s}
+    result.update(summarize(config, timed, profile_every))
+    main_ms = stats["main_ms_per_frame"]
+    result["main_ms_per_frame"] = main_ms
+    period = result["bottleneck_period_ms"]
+    result["main_overhead_pct"] = 100 * main_ms / period if main_ms is not None and period else None
+    return result

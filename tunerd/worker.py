@@ -1,0 +1,422 @@
+"""A stage worker: one process running a range of units, pinned to a core set of one cluster.
+
+NOTE: this module is the entry point of a spawned process and imports nothing heavy at import time.
+CPU affinity is per thread and BLAS starts its thread pool when numpy is imported, so ``main`` first
+sets the thread-count variables and pins every thread of the process, and only then imports numpy
+(threads made before that, e.g. by a parent ``__main__`` that spawn re-imports, are re-pinned too).
+
+Protocol (tunerd.pipeline is the other side). The worker holds one control connection to the main
+process and, per epoch, duplex links to the replicas of the stages before and after it. A *role* is
+what the worker does in one epoch: stage ``i`` replica ``a`` of ``R`` takes the frames whose index
+``k`` in the epoch has ``k % R == a``, in order. Frame ``k`` of a cut lives in slot ``k % N`` of that
+cut's ring; it comes from producer replica ``k % R_prev`` and goes to consumer replica
+``k % R_next``, so order needs no sorting. Before writing slot ``k % N`` the producer waits for the
+release of frame ``k - N`` (flow control); the consumer releases frame ``k`` once it has computed.
+The main process is the producer of the first cut and the consumer of the last one, over the
+control connection. Messages are small tuples; tensors never leave the rings:
+
+  main -> worker   ("role", spec) + file descriptors, ("end", epoch, end_seq), ("F", epoch, seq,
+                   err, timings) for stage 0, ("R", epoch, seq) for the last stage, ("close", epoch)
+                   when every role of the epoch is done, ("info",), ("exit",) after the queued
+                   roles, ("stop",) now
+  worker -> main   ("ready", pid), ("R", epoch, seq), ("F", epoch, seq, err, timings),
+                   ("done", epoch), ("info", dict), ("error", message)
+  link             producer -> consumer ("F", seq, err, timings); consumer -> producer ("R", seq)
+
+A worker keeps its roles in epoch order: it finishes every frame of an epoch (those below the end
+sequence number the main process announces) before it switches to its next role, re-pinning its
+threads and changing its BLAS thread count in place; plans are cached per unit range.
+
+Emulated clusters: after computing a frame the worker sleeps ``compute * (1/speed - 1)``, with
+``speed`` re-read from the emulated cpufreq files (``effective_speed``) after every frame. Sleeping
+rather than spinning leaves the core idle as a slower core would be busy: throughput and latency
+are those of the slower core, and the cores' real contention (memory bandwidth) is not inflated.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from collections import OrderedDict, deque
+from multiprocessing.connection import Connection
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+MAX_PLANS = 4
+clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable between processes
+
+
+def pin_all_threads(cpus) -> int:
+    """Pin every thread of this process to ``cpus``; returns how many threads were pinned."""
+    cpus = set(cpus)
+    pinned = 0
+    for name in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(name), cpus)
+            pinned += 1
+        except ProcessLookupError:
+            pass  # the thread exited meanwhile
+    os.sched_setaffinity(0, cpus)
+    return pinned
+
+
+def thread_affinities() -> dict[int, list[int]]:
+    out = {}
+    for name in os.listdir("/proc/self/task"):
+        try:
+            out[int(name)] = sorted(os.sched_getaffinity(int(name)))
+        except ProcessLookupError:
+            pass
+    return out
+
+
+def _readable(fd: int) -> bool:
+    # NOTE: select on one fd; Connection.poll() builds a selector object per call (10x slower)
+    return bool(select.select((fd,), (), (), 0)[0])
+
+
+class _Stop(Exception):
+    """Unwinds the worker loop: the main process said stop, or went away."""
+
+
+class _Broken(Exception):
+    """A link to another worker broke (it died): this worker cannot go on with its epoch."""
+
+
+class _Role:
+    """This worker's part in one epoch (see the module docstring)."""
+
+    def __init__(self, spec: dict, prev: list[Connection] | None, nxt: list[Connection] | None):
+        self.spec = spec
+        self.epoch = spec["epoch"]
+        self.stage = spec["stage"]
+        self.replica = spec["replica"]
+        self.replicas = spec["replicas"]
+        self.start = spec["start"]
+        self.end: int | None = None
+        self.n_slots = spec["n_slots"]
+        self.prev = prev            # None: the main process produces this stage's input
+        self.next = nxt             # None: the main process consumes its output
+        self.k = self.replica       # index in the epoch of the next frame to run
+        self.active = False
+
+    def finished(self) -> bool:
+        return self.end is not None and self.start + self.k >= self.end
+
+    def close(self) -> None:
+        for link in (self.prev or []) + (self.next or []):
+            link.close()
+
+
+class StageWorker:
+    def __init__(self, ctl: Connection, init: dict):
+        from threadpoolctl import threadpool_limits
+
+        from .platform import effective_speed
+        from .shm import Ring
+        self._limits = threadpool_limits
+        self._effective_speed = effective_speed
+        self._ring_cls = Ring
+        self.ctl = ctl
+        self.ctl_fd = ctl.fileno()
+        self.wid = init["wid"]
+        self.cpus = tuple(init["cpus"])
+        self.threads = int(init["threads"])
+        self.sysfs_root = init["sysfs_root"]
+        opener = init.get("opener")
+        if opener is None:
+            from .model import Model
+            opener = Model.open
+        self.model = opener(init["model_path"])
+        self.rings: dict[int, object] = {}
+        self.plans: OrderedDict = OrderedDict()
+        self.roles: dict[int, _Role] = {}
+        self.done_roles: dict[int, _Role] = {}   # finished, links not closed yet (see _finish)
+        self.inbox: dict[int, tuple[deque, deque]] = {}   # epoch -> (frames, releases) from main
+        self.exiting = False
+        self.waited = 0.0       # seconds spent blocked in wait(), cumulative
+        self.ctl_time = 0.0     # seconds spent handling control messages, cumulative
+        self._carry = 0.0       # seconds the last output took to send (see _frame)
+
+    # ------------------------------------------------------------------ control
+    def _wait(self, links: list[Connection]) -> None:
+        t0 = clock()
+        ready = select.select([self.ctl_fd, *(link.fileno() for link in links)], (), ())[0]
+        self.waited += clock() - t0
+        if self.ctl_fd in ready:
+            self._drain_ctl()
+
+    def _drain_ctl(self) -> None:
+        t0 = clock()
+        try:
+            while _readable(self.ctl_fd):
+                self._handle(self.ctl.recv())
+        except (EOFError, OSError) as err:
+            raise _Stop("main process went away") from err
+        finally:
+            self.ctl_time += clock() - t0
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "F":
+            self._box(msg[1])[0].append(msg)
+        elif kind == "R":
+            self._box(msg[1])[1].append(msg[2])
+        elif kind == "role":
+            self._add_role(msg[1])
+        elif kind == "end":
+            role = self.roles.get(msg[1])
+            if role is not None:
+                role.end = msg[2]
+        elif kind == "close":
+            role = self.done_roles.pop(msg[1], None)
+            if role is not None:
+                role.close()
+        elif kind == "info":
+            self.ctl.send(("info", self.info()))
+        elif kind == "exit":
+            self.exiting = True
+        elif kind == "stop":
+            raise _Stop("stopped")
+        else:
+            raise ValueError(f"unknown control message {kind!r}")
+
+    def _box(self, epoch: int) -> tuple[deque, deque]:
+        box = self.inbox.get(epoch)
+        if box is None:
+            box = self.inbox[epoch] = (deque(), deque())
+        return box
+
+    def _add_role(self, spec: dict) -> None:
+        from multiprocessing.reduction import recv_handle
+        for ring_id, n_slots, slot_bytes in spec["new_rings"]:
+            self.rings[ring_id] = self._ring_cls.attach(ring_id, n_slots, slot_bytes, recv_handle(self.ctl))
+        prev = [Connection(recv_handle(self.ctl)) for _ in range(spec["prev_links"])]
+        nxt = [Connection(recv_handle(self.ctl)) for _ in range(spec["next_links"])]
+        self.roles[spec["epoch"]] = _Role(spec, prev if spec["stage"] > 0 else None,
+                                          nxt if spec["stage"] < spec["n_stages"] - 1 else None)
+        self._plan(spec["first"], spec["last"])   # build ahead, between frames of the current role
+
+    def info(self) -> dict:
+        from threadpoolctl import threadpool_info
+        return {"wid": self.wid, "pid": os.getpid(), "cpus": sorted(self.cpus), "threads": self.threads,
+                "affinity": thread_affinities(),
+                "blas_threads": [i.get("num_threads") for i in threadpool_info()],
+                "plans": [list(k) for k in self.plans], "roles": sorted(self.roles),
+                "rings": sorted(self.rings)}
+
+    # ------------------------------------------------------------------ roles
+    def _plan(self, first: int, last: int):
+        key = (first, last)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.model.plan(first, last)
+            while len(self.plans) > MAX_PLANS:
+                self.plans.popitem(last=False)
+        self.plans.move_to_end(key)
+        return plan
+
+    def _activate(self, role: _Role) -> None:
+        spec = role.spec
+        cpus = tuple(spec["cpus"])
+        if set(cpus) != set(self.cpus):
+            pin_all_threads(cpus)
+            self.cpus = cpus
+        if spec["threads"] != self.threads:
+            self._limits(limits=spec["threads"])
+            self.threads = spec["threads"]
+        role.plan = self._plan(spec["first"], spec["last"])
+        role.in_ring = self.rings[spec["in_ring"]]
+        role.out_ring = self.rings[spec["out_ring"]]
+        role.active = True
+
+    def _finish(self, role: _Role) -> None:
+        # NOTE: links stay open until the main process says the whole epoch is done ("close"):
+        # closing a unix socket with unread data (releases nobody needs any more) makes the peer's
+        # reads fail with ECONNRESET, even of data still queued for it.
+        del self.roles[role.epoch]
+        self.done_roles[role.epoch] = role
+        self.inbox.pop(role.epoch, None)
+        self.ctl.send(("done", role.epoch))
+
+    def run(self) -> None:
+        self.ctl.send(("ready", os.getpid()))
+        while True:
+            self._drain_ctl()
+            if not self.roles:
+                if self.exiting and not self.done_roles:   # peers may still read our links
+                    return
+                self._wait([])
+                continue
+            role = self.roles[min(self.roles)]
+            if role.finished():
+                self._finish(role)
+                continue
+            if not role.active:
+                self._activate(role)
+            self._frame(role)
+
+    # ------------------------------------------------------------------ one frame
+    def _input(self, role: _Role, seq: int):
+        """The header of frame ``seq`` (None if the epoch ended before it)."""
+        if role.prev is None:
+            frames = self._box(role.epoch)[0]
+            while not frames:
+                if role.finished():
+                    return None
+                self._wait([])
+            _, _, got, err, timings = frames.popleft()
+        else:
+            link = role.prev[(seq - role.start) % len(role.prev)]
+            while not _readable(link.fileno()):
+                if role.finished():
+                    return None
+                self._wait([link])
+            try:
+                _, got, err, timings = link.recv()
+            except (EOFError, OSError) as e:
+                raise _Broken(f"input link of epoch {role.epoch} broke: {e!r}") from e
+        if got != seq:
+            raise RuntimeError(f"stage {role.stage}: expected frame {seq}, got {got}")
+        return err, timings
+
+    def _credit(self, role: _Role, seq: int) -> None:
+        """Wait until frame ``seq - N`` has released this output slot."""
+        want = seq - role.n_slots
+        if want < role.start:
+            return
+        if role.next is None:
+            releases = self._box(role.epoch)[1]
+            while not releases:
+                self._wait([])
+            got = releases.popleft()
+        else:
+            link = role.next[(want - role.start) % len(role.next)]
+            while not _readable(link.fileno()):
+                self._wait([link])
+            try:
+                _, got = link.recv()
+            except (EOFError, OSError) as e:
+                raise _Broken(f"output link of epoch {role.epoch} broke: {e!r}") from e
+        if got != want:
+            raise RuntimeError(f"stage {role.stage}: expected release of {want}, got {got}")
+
+    def _frame(self, role: _Role) -> None:
+        spec = role.spec
+        seq = role.start + role.k
+        t0, w0, c0 = clock(), self.waited, self.ctl_time
+        got = self._input(role, seq)
+        if got is None:
+            return
+        err, timings = got
+        w1 = self.waited
+        self._credit(role, seq)
+        t2, w2, c2 = clock(), self.waited, self.ctl_time
+        wait_s, blocked_s = w1 - w0, w2 - w1
+        handoff = (t2 - t0) - (w2 - w0) - (c2 - c0)     # receiving, unpickling, bookkeeping
+        slot = role.k % role.n_slots
+        unit_s, compute, prof, freq = None, 0.0, 0.0, None
+        if err is None:
+            x = role.in_ring.view(slot, spec["in_shape"])
+            y = role.out_ring.view(slot, spec["out_shape"])
+            sample = spec["profile_every"] > 0 and seq % spec["profile_every"] == 0
+            tc = clock()
+            try:
+                if sample:
+                    _, unit_s = role.plan.run_timed(x, out=y)
+                else:
+                    role.plan.run(x, out=y)
+            except Exception as e:  # a kernel failure fails this frame only, and travels with it
+                err = f"stage {role.stage} (units {spec['first']}-{spec['last']}): {type(e).__name__}: {e}"
+            compute = clock() - tc
+            tp = clock()
+            if spec["emulated"]:
+                # NOTE: read after computing, so a DVFS change during this frame already counts
+                speed = self._effective_speed(spec["cluster"], self.sysfs_root)
+                prof = clock() - tp
+                if speed < 1.0 and err is None:
+                    time.sleep(compute * (1.0 / speed - 1.0))
+                    if unit_s is not None:
+                        unit_s = [t / speed for t in unit_s]
+                compute = clock() - tc - prof
+                freq = round(speed, 4)
+            elif sample and spec["freq_path"]:
+                freq = _read_khz(spec["freq_path"])
+                prof = clock() - tp
+        t3 = clock()
+        self._release(role, seq)
+        # NOTE: a record cannot hold the time to send itself: the previous output's send is carried
+        handoff += clock() - t3 + self._carry
+        record = (role.stage, role.replica, compute, wait_s, blocked_s, handoff, prof, freq, unit_s)
+        t4 = clock()
+        self._send_output(role, seq, err, timings + (record,))
+        self._carry = clock() - t4
+        role.k += role.replicas
+
+    def _release(self, role: _Role, seq: int) -> None:
+        try:
+            if role.prev is None:
+                self.ctl.send(("R", role.epoch, seq))
+            else:
+                nxt = seq + role.n_slots
+                if role.end is None or nxt < role.end:
+                    role.prev[(nxt - role.start) % len(role.prev)].send(("R", seq))
+        except OSError:
+            pass  # the producer finished its epoch and closed the link: nobody needs the slot
+
+    def _send_output(self, role: _Role, seq: int, err, timings: tuple) -> None:
+        try:
+            if role.next is None:
+                self.ctl.send(("F", role.epoch, seq, err, timings))
+            else:
+                role.next[(seq - role.start) % len(role.next)].send(("F", seq, err, timings))
+        except OSError as e:
+            raise _Broken(f"output of epoch {role.epoch} cannot be sent: {e!r}") from e
+
+    def close(self) -> None:
+        for role in (*self.roles.values(), *self.done_roles.values()):
+            role.close()
+        self.roles.clear()
+        self.done_roles.clear()
+        self.plans.clear()
+        for ring in self.rings.values():
+            ring.close()
+        self.rings.clear()
+
+
+def _read_khz(path: str) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            value = int(fh.read().strip() or b"0")
+    except (OSError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def main(ctl: Connection, init: dict) -> None:
+    """Process entry point: pin, then import numpy, then serve roles until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process decides when we stop
+    threads = str(int(init["threads"]))
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = threads
+    pin_all_threads(init["cpus"])
+    worker = None
+    try:
+        import numpy  # noqa: F401  (BLAS threads start here, inside the mask)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=int(init["threads"]))
+        worker = StageWorker(ctl, init)
+        worker.run()
+    except _Stop:
+        pass
+    except Exception as err:
+        try:
+            ctl.send(("error", f"worker {init.get('wid')}: {type(err).__name__}: {err}"))
+        except OSError:
+            pass
+        sys.exit(2)
+    finally:
+        if worker is not None:
+            worker.close()
