@@ -90,7 +90,8 @@ def test_example_config_keys_and_defaults():
     assert {"source", "input_size"} <= set(config["model"])
     assert {"spec", "sysfs_root"} <= set(config["platform"]) and config["platform"]["sysfs_root"] == "/sys"
     assert {"budget", "seed"} <= set(config["tuner"])
-    assert config["limits"] == {"queue_depth": 64, "max_message_bytes": protocol.DEFAULT_MAX_MESSAGE_BYTES}
+    assert config["limits"]["queue_depth"] == 64
+    assert config["limits"]["max_message_bytes"] == protocol.DEFAULT_MAX_MESSAGE_BYTES
     assert set(config["security"]) == {"curve_secret_key_file", "curve_client_keys_dir"}
     for table in config.values():    # flat: no nested tables
         assert not any(isinstance(v, dict) for v in table.values())
@@ -128,3 +129,14 @@ def test_systemd_analyze_security_is_ok(name, tmp_path):
     assert match, proc.stdout + proc.stderr
     # MEDIUM is the target; the units get 1.0 OK with systemd 252
     assert float(match.group(1)) <= 3.0, match.group(0)
+
+
+def test_example_config_is_what_the_daemon_reads():
+    config_module = pytest.importorskip("tunerd.config")
+    example = tomllib.loads((SYSTEMD / "tunerd.toml").read_text())
+    # every key the daemon reads is shown (and documented) in the example, and nothing else
+    assert {s: set(keys) for s, keys in config_module.SECTIONS.items()} == {s: set(t) for s, t in example.items()}
+    cfg = config_module.load_config(str(SYSTEMD / "tunerd.toml"), required=True)
+    defaults = config_module.DaemonConfig()
+    for key in config_module.DaemonConfig.__dataclass_fields__:
+        assert getattr(cfg, key) == getattr(defaults, key), f"the example shows {key} other than its default"
