@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "HintsError", "ModelError", "PlatformError", "TunerdError", "UnsupportedOpError",
-    "load_model", "__version__",
+    "Client", "load_model", "__version__",
 ]
 
 
@@ -15,3 +15,11 @@ def load_model(source, *, input_size=None):
     """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.load_model)."""
     from .model import load_model as _load
     return _load(source, input_size=input_size)
+
+
+def __getattr__(name):
+    # NOTE: lazy, so `import tunerd` stays light (no zmq/numpy) for tools that only need errors
+    if name == "Client":
+        from .client import Client
+        return Client
+    raise AttributeError(f"module 'tunerd' has no attribute {name!r}")
