@@ -87,7 +87,11 @@ def _plan(x_shape, w_shape, strides, pads, dilations, group) -> _Plan:
     else:
         lay = _phases.layout(c, h, w, ho, wo, (kh, kw), strides, pads, dilations)
         jobs = _im2col_jobs(lay, kh, kw, strides, dilations)
-    return _Plan("gemm", out_shape, lay, (lay.size if lay else 0, c * ntaps * ho * wo), jobs)
+    k, npix = c * ntaps, ho * wo
+    # NOTE: with few columns per output (first layers) the bias pass over the big output costs as
+    # much as the GEMM: fold the bias in as a column of W against a row of ones instead.
+    fold = m * (k + 1) if group == 1 and 2 * (k + 1) <= npix else 0
+    return _Plan("gemm", out_shape, lay, (lay.size if lay else 0, k * npix + (npix if fold else 0), fold), jobs)
 
 
 def _im2col_jobs(lay, kh, kw, strides, dilations) -> tuple:
@@ -180,9 +184,17 @@ def _conv_gemm(x, w, bias, group, activation, out, ws, plan: _Plan) -> None:
     lay = plan.lay
     mg, kg = m // group, cg * kh * kw
     w2 = w.reshape(m, kg)
-    nq, ncols = plan.parts
-    cols = ws[nq: nq + ncols].reshape(c * kh * kw, ho * wo)
+    nq, ncols, nfold = plan.parts
+    k, npix = c * kh * kw, ho * wo
+    cols = ws[nq: nq + k * npix].reshape(k, npix)
     cols5 = cols.reshape(c, kh, kw, ho, wo)
+    if nfold and bias is not None:
+        wb = ws[nq + ncols: nq + ncols + nfold].reshape(m, k + 1)
+        np.copyto(wb[:, :k], w2)
+        np.copyto(wb[:, k], bias)
+        w2, kg, bias = wb, k + 1, None
+        cols = ws[nq: nq + ncols].reshape(k + 1, npix)
+        cols[k] = 1.0
     for i in range(n):
         if lay is None:
             phases = x[i][None]
