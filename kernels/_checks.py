@@ -8,14 +8,18 @@ ACTIVATIONS = (None, "relu", "relu6")
 
 
 def check_f32(fn: str, name: str, a, ndim: int | None = None) -> np.ndarray:
-    """Return ``a`` if it is a float32 ndarray (of ``ndim`` dims when given), else raise."""
+    """``a`` as a plain ndarray if it is a float32 array (of ``ndim`` dims when given), else raise.
+
+    NOTE: weights arrive as np.memmap (one mapped file shared by all workers); every slice of a
+    subclass runs Python-level __array_finalize__, so kernels work on a plain view.
+    """
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
     if a.dtype != F32:
         raise ValueError(f"{fn}: {name} must be float32, got dtype {a.dtype}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {a.shape}")
-    return a
+    return a if type(a) is np.ndarray else a.view(np.ndarray)
 
 
 def check_out(fn: str, out, shape: tuple, dtype=F32) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""2-D convolution (NCHW, ONNX Conv semantics) as GEMM over phase-layout columns.
+"""2-D convolution (NCHW, ONNX Conv semantics).
 
 Three paths, chosen from the shapes alone (see ``_plan``):
-- ``gemm1x1``: 1x1 kernel, stride 1, no padding: ``W (M, C) @ x (C, H*W)`` straight into ``out``.
-- ``gemm``: im2col in the phase layout of ``_phases`` (one contiguous copy per tap), then one
-  ``np.matmul(W_g, cols_g, out=...)`` per group.
+- ``gemm1x1``: 1x1 kernel, stride 1, no padding: ``W_g (M/g, C/g) @ x_g (C/g, H*W)`` straight into
+  ``out``, no copy at all.
+- ``gemm``: exact im2col (no junk columns) by one 5-D strided copy per phase image of
+  ``_phases`` (unit-stride rows even for strided convs), then one ``np.matmul(W_g, cols_g,
+  out=<view of out>)`` per group.
 - ``depthwise``: one input channel per group: no im2col; ``acc += w[:, tap] * tap view`` over the
   kh*kw taps, vectorised over channels.
+Bias and activation are applied in place on the output.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from . import _phases
 from ._checks import (
     apply_activation, check_activation, check_f32, check_out, pair, quad, take_workspace, view_2d,
 )
-
 
 
 def conv_output_hw(h, w, kernel, strides, pads, dilations) -> tuple[int, int]:
@@ -130,13 +132,13 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 
            activation=None, out=None, workspace=None):
     """ONNX Conv over NCHW float32 with optional fused bias and activation ("relu", "relu6")."""
     fn = "conv2d"
-    check_f32(fn, "x", x, 4)
-    check_f32(fn, "w", w, 4)
+    x = check_f32(fn, "x", x, 4)
+    w = check_f32(fn, "w", w, 4)
     check_activation(fn, activation)
     plan = _plan_for(x.shape, w.shape, strides, pads, dilations, group)
     m = w.shape[0]
     if bias is not None:
-        check_f32(fn, "bias", bias, 1)
+        bias = check_f32(fn, "bias", bias, 1)
         if bias.shape[0] != m:
             raise ValueError(f"{fn}: bias must have shape ({m},), got {bias.shape}")
     out = check_out(fn, out, plan.out_shape)

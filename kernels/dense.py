@@ -10,8 +10,8 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, act
          out=None):
     """ONNX Gemm: alpha * op(a) @ op(b) + beta * c, c broadcast to (M, N); optional activation."""
     fn = "gemm"
-    check_f32(fn, "a", a, 2)
-    check_f32(fn, "b", b, 2)
+    a = check_f32(fn, "a", a, 2)
+    b = check_f32(fn, "b", b, 2)
     check_activation(fn, activation)
     # NOTE: transposes are views; np.matmul hands them to BLAS as transpose flags, no copy
     A = a.T if trans_a else a
@@ -22,7 +22,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, act
     if c is not None:
         if isinstance(c, np.generic):
             c = np.asarray(c)
-        check_f32(fn, "c", c)
+        c = check_f32(fn, "c", c)
         if not _broadcasts_to(c.shape, shape):
             raise ValueError(f"{fn}: c of shape {c.shape} does not broadcast to {shape}")
     out = check_out(fn, out, shape)
@@ -41,8 +41,8 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, act
 def matmul(a, b, out=None):
     """ONNX MatMul (numpy matmul semantics: 1-D promotion, batch broadcasting)."""
     fn = "matmul"
-    check_f32(fn, "a", a)
-    check_f32(fn, "b", b)
+    a = check_f32(fn, "a", a)
+    b = check_f32(fn, "b", b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"{fn}: operands must be at least 1-D, got shapes {a.shape} and {b.shape}")
     shape = _matmul_shape(a.shape, b.shape)

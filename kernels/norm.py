@@ -7,10 +7,12 @@ from ._checks import check_f32, check_out
 
 
 def _bn_vectors(fn, c, scale, bias, mean, var, epsilon):
+    vs = []
     for name, v in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
-        check_f32(fn, name, v, 1)
+        vs.append(check_f32(fn, name, v, 1))
         if v.shape[0] != c:
             raise ValueError(f"{fn}: {name} must have shape ({c},), got {v.shape}")
+    scale, bias, mean, var = vs
     if not epsilon >= 0:
         raise ValueError(f"{fn}: epsilon must be >= 0, got {epsilon!r}")
     mul = scale / np.sqrt(var + np.float32(epsilon))
@@ -38,12 +40,12 @@ def fold_batch_norm(w, b, scale, bias, mean, var, *, epsilon=1e-5):
     (w2, b2) with conv(x, w2, b2) == batch_norm(conv(x, w, b)).
     """
     fn = "fold_batch_norm"
-    check_f32(fn, "w", w)
+    w = check_f32(fn, "w", w)
     if w.ndim < 1:
         raise ValueError(f"{fn}: w must have an output-channel axis, got shape {w.shape}")
     m = w.shape[0]
     if b is not None:
-        check_f32(fn, "b", b, 1)
+        b = check_f32(fn, "b", b, 1)
         if b.shape[0] != m:
             raise ValueError(f"{fn}: b must have shape ({m},), got {b.shape}")
     mul, add = _bn_vectors(fn, m, scale, bias, mean, var, epsilon)

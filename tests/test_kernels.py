@@ -93,6 +93,21 @@ def test_conv2d_strided_input_and_output_views():
     assert np.isnan(cat[:, :3]).all() and np.isnan(cat[:, 7:]).all()
 
 
+def test_memmap_weights(tmp_path):
+    # NOTE: plans map one weights file read-only; kernels take np.memmap weights as they come
+    w = rand(8, 4, 3, 3)
+    mm = np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="w+", shape=w.shape)
+    mm[:] = w
+    mm.flush()
+    ro = np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="r", shape=w.shape)
+    x = rand(1, 4, 9, 9)
+    y = K.conv2d(x, ro, None, pads=(1, 1, 1, 1))
+    assert type(y) is np.ndarray
+    assert_close(y, conv2d_ref(x, w, pads=(1, 1, 1, 1)), rtol=1e-4, atol=1e-4)
+    assert_close(K.gemm(x.reshape(1, -1)[:, :36], ro.reshape(8, 36), trans_b=True),
+                 x.reshape(1, -1)[:, :36].astype(np.float64) @ w.reshape(8, 36).T, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- pooling
 
 # (name, x shape, kernel, strides, pads, dilations, ceil_mode)
