@@ -3,6 +3,7 @@ ONNX conformance cases shipped with onnx, and against onnxruntime on random case
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
