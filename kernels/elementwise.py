@@ -60,7 +60,8 @@ def sum_(xs, out=None):
 def relu(x, out=None):
     check_f32("relu", "x", x)
     out = check_out("relu", out, np.shape(x))
-    return np.maximum(x, np.float32(0), out=out)
+    # NOTE: clip is vectorised against scalars, maximum is not (see _checks.apply_activation)
+    return np.clip(x, 0.0, np.inf, out=out)
 
 
 def clip(x, lo, hi, out=None):
@@ -71,10 +72,7 @@ def clip(x, lo, hi, out=None):
     if lo > hi:
         raise ValueError(f"clip: lo {lo} > hi {hi}")
     out = check_out("clip", out, np.shape(x))
-    # NOTE: maximum then minimum; np.clip is several times slower on float32
-    np.maximum(x, np.float32(lo), out=out)
-    np.minimum(out, np.float32(hi), out=out)
-    return out
+    return np.clip(x, lo, hi, out=out)
 
 
 def sigmoid(x, out=None):
