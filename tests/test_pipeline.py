@@ -338,6 +338,49 @@ def test_worker_death_is_noticed_within_a_second():
         assert o.ok
 
 
+def open_nothing(path: str):
+    raise RuntimeError(f"no model at {path}")
+
+
+def test_workers_that_cannot_start_fail_frames_instead_of_hanging():
+    model = FakeModel("fake:4:0")
+    pipe = Pipeline(model, "0-1@big:1 | 2-3@big:1", "auto", opener=open_nothing)
+    with pipe:
+        xs = frames(model, 3)
+        for i, x in enumerate(xs):
+            assert pipe.submit(i, x)
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += pipe.poll(0.1)
+        assert [o.frame_id for o in got] == [0, 1, 2]
+        assert all(not o.ok and "no model at fake:4:0" in o.error for o in got)
+        # it keeps trying while frames come, then gives up for good: an error, not a hang
+        with pytest.raises(PipelineError, match="restarted 3 times"):
+            for i in range(3, 100):
+                pipe.submit(i, xs[0])
+                got += pipe.poll(0.5)
+        got += pipe.poll(0.0)
+        assert [o.frame_id for o in got] == list(range(len(got)))
+        assert not any(o.ok for o in got)
+
+
+def test_a_poll_loop_can_sleep_on_the_pipeline():
+    from multiprocessing.connection import wait
+    pipe, model = fake_pipeline("0-5@big:1", sleep_ms=2.0)
+    with pipe:
+        assert pipe.handles() and not pipe.wait(0.0)
+        assert pipe.submit("a", frames(model, 1)[0])
+        deadline = time.monotonic() + 10
+        got = []
+        while not got and time.monotonic() < deadline:
+            wait(pipe.handles(), 1.0)                     # what a daemon's loop does
+            got = pipe.poll(0.0)
+        assert [o.frame_id for o in got] == ["a"] and got[0].ok
+        assert pipe.pending == 0
+    assert pipe.handles() == []
+
+
 # --------------------------------------------------------------------------- cleanup
 def test_close_frees_everything_and_answers_what_was_inside():
     shm_before = set(os.listdir("/dev/shm"))

@@ -53,6 +53,7 @@ from .sysfs import CPUFREQ_DIR
 
 log = logging.getLogger(__name__)
 clock = time.perf_counter   # the workers' clock too (CLOCK_MONOTONIC)
+cpu_clock = time.thread_time  # for this process's own cost per frame
 
 STOP_GRACE_S = 2.0          # how long close() lets workers finish before killing them
 MAX_FRUITLESS_RESTARTS = 3  # restarts in a row without a frame done: the pipeline is broken
@@ -64,9 +65,11 @@ class PipelineError(TunerdError):
 
 @dataclass(frozen=True)
 class StageTiming:
-    """One stage's part of one frame, in ms. ``compute`` includes the emulated stretch; ``wait`` is
-    time waiting for the input, ``blocked`` waiting for a free output slot, ``handoff`` the worker's
-    own time to receive, release and send, ``profiling`` reading frequencies for the cost table."""
+    """One stage's part of one frame, in ms. ``compute`` (wall) includes the emulated stretch;
+    ``wait`` (wall) is time waiting for the input, ``blocked`` (wall) waiting for a free output
+    slot; ``handoff`` is the worker's CPU time to receive, release and send, ``profiling`` its CPU
+    time reading frequencies for the cost table (the extra clock reads of per-unit timing are
+    inside ``compute``). ``freq`` is the effective speed (emulated) or kHz (real; None unknown)."""
 
     stage: int
     replica: int
@@ -274,11 +277,11 @@ class Pipeline:
             return False
         if not self._input_free():
             return False
-        t0 = clock()
-        rec = _Record(frame_id, arr, t0)
+        u0 = cpu_clock()
+        rec = _Record(frame_id, arr, clock())
         self._order.append(rec)
         self._enter(rec)
-        self._main_s += clock() - t0
+        self._main_s += cpu_clock() - u0
         return True
 
     def poll(self, timeout: float = 0.0) -> list[Outcome]:
@@ -301,6 +304,11 @@ class Pipeline:
         while self._order and clock() < deadline:
             out += self.poll(min(0.2, max(0.0, deadline - clock())))
         return out
+
+    @property
+    def main_seconds(self) -> float:
+        """CPU seconds this process has spent on frames: copies in and out, messages, books."""
+        return self._main_s
 
     @property
     def pending(self) -> int:
@@ -594,7 +602,7 @@ class Pipeline:
         if not live:
             return
         events = poller.poll(math.ceil(timeout * 1000) if timeout > 0 else 0)
-        t0 = clock()
+        u0 = cpu_clock()
         died = []
         for fd, _ in sorted(events, key=lambda e: not by_fd[e[0]][1]):   # messages before deaths
             w, is_ctl = by_fd[fd]
@@ -606,7 +614,7 @@ class Pipeline:
             else:
                 self._drain(w)     # it may have said why before it went
                 died.append(w)
-        self._main_s += clock() - t0
+        self._main_s += cpu_clock() - u0
         faults = []
         for w in died:
             w.process.join(0.5)

@@ -6,9 +6,12 @@ latency it reports, per stage, the mean compute / wait-for-input / blocked-on-ou
 bottleneck (largest compute / replicas), and the overheads as shares of the bottleneck period:
 
 - hand-off: the bottleneck worker's own time per frame to receive, release and send headers;
-- profiling: reading the frequency each frame, plus the extra cost of per-unit timing on sampled
-  frames (mean compute of sampled minus unsampled frames, amortised over ``profile_every``);
-- main: the main process's time per frame (copy in, copy out, messages, books).
+- profiling: the worker's CPU time reading the frequency, plus the clock reads per-unit timing
+  adds on sampled frames (counted, at a per-read cost the worker measures when it starts);
+- main: the main process's CPU time per frame (copy in, copy out, messages, books, cost table).
+
+Hand-off and profiling are CPU times of the worker's thread (see tunerd.worker), so other
+processes holding the core do not count as overhead.
 """
 from __future__ import annotations
 
@@ -49,19 +52,16 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(config, outcomes: list, profile_every: int) -> dict[str, Any]:
+def summarize(config, outcomes: list) -> dict[str, Any]:
     """Per-stage means, bottleneck and overhead shares from the outcomes of timed frames."""
     stages = []
     for i, st in enumerate(config.stages):
         rows = [t for o in outcomes for t in o.stages if t.stage == i]
         compute = _mean(t.compute_ms for t in rows) or 0.0
-        sampled = _mean(t.compute_ms for t in rows if t.sampled)
-        plain = _mean(t.compute_ms for t in rows if not t.sampled)
-        timing_cost = max(0.0, sampled - plain) / profile_every if sampled and plain and profile_every else 0.0
         stages.append({"stage": i, "config": str(st), "replicas": st.replicas, "compute_ms": compute,
                        "wait_ms": _mean(t.wait_ms for t in rows), "blocked_ms": _mean(t.blocked_ms for t in rows),
                        "handoff_ms": _mean(t.handoff_ms for t in rows),
-                       "profiling_ms": (_mean(t.profiling_ms for t in rows) or 0.0) + timing_cost,
+                       "profiling_ms": _mean(t.profiling_ms for t in rows) or 0.0,
                        "period_ms": compute / st.replicas})
     b = int(np.argmax([s["period_ms"] for s in stages]))
     period = stages[b]["period_ms"]
@@ -71,34 +71,44 @@ def summarize(config, outcomes: list, profile_every: int) -> dict[str, Any]:
             "profiling_overhead_pct": 100 * stages[b]["profiling_ms"] / period if period else None}
 
 
+def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0) -> dict[str, Any]:
+    """Stream ``warmup + frames`` frames through ``pipe`` on its current config and summarise the
+    timed ones (fps in steady state, latency, per-stage figures, overheads)."""
+    if frames < 1 or warmup < 0 or frames + warmup < 2:
+        raise ConfigError(f"need --frames >= 1, --warmup >= 0 and two frames in all (got {frames} and {warmup})")
+    main_before, done_before = pipe.main_seconds, pipe.frames_done
+    outcomes = stream(pipe, x, warmup + frames, first_id=first_id)
+    timed = outcomes[warmup:]
+    t0 = outcomes[warmup - 1].received if warmup else outcomes[0].received
+    n = frames if warmup else frames - 1
+    span = timed[-1].received - t0
+    # latency in steady state: frames submitted after the first outcome (not queued behind startup)
+    steady = [o for o in timed if o.received - o.latency >= outcomes[0].received] or timed
+    latencies = [1000 * o.latency for o in steady]
+    config = pipe.config
+    result = {"config": str(config), "frames": frames, "fps": n / span if span > 0 else float("inf"),
+              "latency_ms_median": float(np.median(latencies)),
+              "latency_ms_p90": float(np.percentile(latencies, 90)),
+              "first_out": outcomes[0].received}
+    result.update(summarize(config, timed))
+    done = pipe.frames_done - done_before
+    main_ms = 1000 * (pipe.main_seconds - main_before) / done if done else None
+    period = result["bottleneck_period_ms"]
+    result["main_ms_per_frame"] = main_ms
+    result["main_overhead_pct"] = 100 * main_ms / period if main_ms is not None and period else None
+    return result
+
+
 def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysfs_root: str = "/sys",
                    frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8) -> dict:
     from .pipeline import Pipeline
-    if frames < 1 or warmup < 0 or frames + warmup < 2:
-        raise ConfigError(f"need --frames >= 1, --warmup >= 0 and two frames in all (got {frames} and {warmup})")
     platform = resolve_platform(platform_spec, sysfs_root=sysfs_root)
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     t_start = time.perf_counter()
     with Pipeline(model, config_text, platform, sysfs_root=sysfs_root, ring_slots=ring_slots,
                   profile_every=profile_every) as pipe:
-        outcomes = stream(pipe, x, warmup + frames)
-        startup_s = outcomes[0].received - t_start
-        timed = outcomes[warmup:]
-        t0 = outcomes[warmup - 1].received if warmup else outcomes[0].received
-        n = frames if warmup else frames - 1
-        span = timed[-1].received - t0
-        stats = pipe.stats()
-        config = pipe.config
-    latencies = [1000 * o.latency for o in timed]
+        measured = measure(pipe, x, frames, warmup)
     result = {"model": model.name, "input_shape": list(model.input_shape), "mode": "pipeline",
-              "config": str(config), "platform": platform.describe(), "frames": frames,
-              "fps": n / span if span > 0 else float("inf"),
-              "latency_ms_median": float(np.median(latencies)),
-              "latency_ms_p90": float(np.percentile(latencies, 90)),
-              "startup_s": startup_s}
-    result.update(summarize(config, timed, profile_every))
-    main_ms = stats["main_ms_per_frame"]
-    result["main_ms_per_frame"] = main_ms
-    period = result["bottleneck_period_ms"]
-    result["main_overhead_pct"] = 100 * main_ms / period if main_ms is not None and period else None
+              "platform": platform.describe(), "startup_s": measured.pop("first_out") - t_start}
+    result.update(measured)
     return result

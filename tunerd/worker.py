@@ -46,6 +46,10 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 MAX_PLANS = 4
 clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable between processes
+cpu_clock = time.thread_time
+# NOTE: hand-off and profiling are measured in this thread's CPU time: they are what this worker
+# spends, and a wall clock would also count the time other processes hold the core (on a busy
+# machine a woken worker often gets a short slice and then waits a whole one for the core again).
 
 
 def pin_all_threads(cpus) -> int:
@@ -137,8 +141,9 @@ class StageWorker:
         self.inbox: dict[int, tuple[deque, deque]] = {}   # epoch -> (frames, releases) from main
         self.exiting = False
         self.waited = 0.0       # seconds spent blocked in wait(), cumulative
-        self.ctl_time = 0.0     # seconds spent handling control messages, cumulative
-        self._carry = 0.0       # seconds the last output took to send (see _frame)
+        self.ctl_cpu = 0.0      # CPU seconds spent handling control messages, cumulative
+        self._carry = 0.0       # CPU seconds the last output took to send (see _frame)
+        self.clock_cost = _clock_cost()   # seconds per clock read: what run_timed adds per unit
 
     # ------------------------------------------------------------------ control
     def _wait(self, links: list[Connection]) -> None:
@@ -149,14 +154,14 @@ class StageWorker:
             self._drain_ctl()
 
     def _drain_ctl(self) -> None:
-        t0 = clock()
+        u0 = cpu_clock()
         try:
             while _readable(self.ctl_fd):
                 self._handle(self.ctl.recv())
         except (EOFError, OSError) as err:
             raise _Stop("main process went away") from err
         finally:
-            self.ctl_time += clock() - t0
+            self.ctl_cpu += cpu_clock() - u0
 
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -306,16 +311,16 @@ class StageWorker:
     def _frame(self, role: _Role) -> None:
         spec = role.spec
         seq = role.start + role.k
-        t0, w0, c0 = clock(), self.waited, self.ctl_time
+        w0, u0, cc0 = self.waited, cpu_clock(), self.ctl_cpu
         got = self._input(role, seq)
         if got is None:
             return
         err, timings = got
         w1 = self.waited
         self._credit(role, seq)
-        t2, w2, c2 = clock(), self.waited, self.ctl_time
+        w2 = self.waited
         wait_s, blocked_s = w1 - w0, w2 - w1
-        handoff = (t2 - t0) - (w2 - w0) - (c2 - c0)     # receiving, unpickling, bookkeeping
+        handoff = cpu_clock() - u0 - (self.ctl_cpu - cc0)     # receiving, unpickling, bookkeeping
         slot = role.k % role.n_slots
         unit_s, compute, prof, freq = None, 0.0, 0.0, None
         if err is None:
@@ -331,28 +336,31 @@ class StageWorker:
             except Exception as e:  # a kernel failure fails this frame only, and travels with it
                 err = f"stage {role.stage} (units {spec['first']}-{spec['last']}): {type(e).__name__}: {e}"
             compute = clock() - tc
-            tp = clock()
+            if unit_s is not None:
+                prof += (len(unit_s) + 1) * self.clock_cost
             if spec["emulated"]:
                 # NOTE: read after computing, so a DVFS change during this frame already counts
+                tp, up = clock(), cpu_clock()
                 speed = self._effective_speed(spec["cluster"], self.sysfs_root)
-                prof = clock() - tp
+                prof += cpu_clock() - up
                 if speed < 1.0 and err is None:
                     time.sleep(compute * (1.0 / speed - 1.0))
                     if unit_s is not None:
                         unit_s = [t / speed for t in unit_s]
-                compute = clock() - tc - prof
+                compute += clock() - tp
                 freq = round(speed, 4)
             elif sample and spec["freq_path"]:
+                up = cpu_clock()
                 freq = _read_khz(spec["freq_path"])
-                prof = clock() - tp
-        t3 = clock()
+                prof += cpu_clock() - up
+        u3 = cpu_clock()
         self._release(role, seq)
         # NOTE: a record cannot hold the time to send itself: the previous output's send is carried
-        handoff += clock() - t3 + self._carry
+        handoff += cpu_clock() - u3 + self._carry
         record = (role.stage, role.replica, compute, wait_s, blocked_s, handoff, prof, freq, unit_s)
-        t4 = clock()
+        u4 = cpu_clock()
         self._send_output(role, seq, err, timings + (record,))
-        self._carry = clock() - t4
+        self._carry = cpu_clock() - u4
         role.k += role.replicas
 
     def _release(self, role: _Role, seq: int) -> None:
@@ -384,6 +392,18 @@ class StageWorker:
         for ring in self.rings.values():
             ring.close()
         self.rings.clear()
+
+
+def _clock_cost(n: int = 2000) -> float:
+    """Seconds one ``clock()`` read (and the append after it) costs, the best of five tries."""
+    best = float("inf")
+    for _ in range(5):
+        times: list[float] = []
+        t0 = clock()
+        for _ in range(n):
+            times.append(clock())
+        best = min(best, (clock() - t0) / n)
+    return best
 
 
 def _read_khz(path: str) -> int | None:

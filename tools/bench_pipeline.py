@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark (figures, not a test): is a pipeline of pinned stages worth it here?
+
+For each model, side by side in one run:
+  (a) one stage, 2 BLAS threads, in-process (``tunerd bench --threads 2``); also 1 thread;
+  (b) the best two-stage 1+1 pipeline on this machine: cuts ranked by measured unit costs
+      (1 thread, in-process), the best few run, the fastest kept;
+  (c) the emulated board ``emulate:big=0@1.0,little=1@0.5``: big alone, little alone, the best
+      single-cluster run, the best big|little or little|big pipeline (cut chosen the same way with
+      little's costs doubled), and the ideal bound fps(big alone) + fps(little alone);
+  (d) onnxruntime, 2 threads, on the same model exported to ONNX, and the ratio (b) / (d);
+  (e) overheads of (b)'s bottleneck stage: hand-off and profiling as a share of its period, and the
+      main process's time per frame;
+  (f) switch cost: while (b) streams, reconfigure to the runner-up cut and back; the gap in the
+      output stream and request -> first frame out on the new config, against (b)'s bottleneck.
+
+    .venv/bin/python tools/bench_pipeline.py [--models alexnet,squeezenet] [--input-size 224]
+                                             [--frames 12] [--warmup 3] [--json FILE|-]
+
+NOTE: everything runs under ``main()``: spawned stage workers re-import this script as
+``__mp_main__``, so module level stays light (no numpy before the workers pin themselves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ZOO = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
+EMULATED = "emulate:big=0@1.0,little=1@0.5"
+TARGETS = {"b_over_a": 1.1, "emu_over_single": 1.25, "emu_of_ideal": 0.85, "overhead_pct": 3.0,
+           "switch_over_bottleneck": 2.0}
+
+
+def unit_costs(model, runs: int = 3) -> list[float]:
+    """Median ms per unit, 1 BLAS thread, in this process."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    plan = model.plan()
+    with threadpool_limits(limits=1):
+        plan.run(x)
+        samples = [plan.run_timed(x)[1] for _ in range(runs)]
+    return [1000 * float(v) for v in np.median(np.array(samples), axis=0)]
+
+
+def ranked_cuts(costs: list[float], left: float = 1.0, right: float = 1.0) -> list[tuple[float, int]]:
+    """(predicted bottleneck ms, cut) for every 1+1 cut, best first; ``left``/``right`` stretch."""
+    total = sum(costs)
+    out, acc = [], 0.0
+    for cut in range(1, len(costs)):
+        acc += costs[cut - 1]
+        out.append((max(left * acc, right * (total - acc)), cut))
+    return sorted(out)
+
+
+def two_stage(cut: int, n: int, first: str, second: str) -> str:
+    return f"0-{cut - 1}@{first}:1 | {cut}-{n - 1}@{second}:1"
+
+
+def run_configs(model, platform, configs: list[str], frames: int, warmup: int, sysfs_root: str) -> list[dict]:
+    """Each config in turn on one pipeline (reconfigured between them, no new processes)."""
+    import numpy as np
+
+    from tunerd.pipeline import Pipeline
+    from tunerd.pipeline_bench import measure
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    results = []
+    with Pipeline(model, configs[0], platform, sysfs_root=sysfs_root) as pipe:
+        next_id = 0
+        for text in configs:
+            if text != str(pipe.config):
+                pipe.reconfigure(text)
+            r = measure(pipe, x, frames, warmup, first_id=next_id)
+            next_id += frames + warmup
+            r.pop("first_out")
+            results.append(r)
+    return results
+
+
+def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs_root: str) -> list[dict]:
+    """Stream continuously on ``a``; switch to ``b`` and back while the pipeline is full."""
+    import numpy as np
+
+    from tunerd.pipeline import Pipeline
+    from tunerd.pipeline_bench import stream
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    with Pipeline(model, a, platform, sysfs_root=sysfs_root) as pipe:
+        stream(pipe, x, warmup)
+        at = {frames: b, 2 * frames: a}
+
+        def switch(i):
+            if i in at and str(pipe.config) != at[i]:
+                pipe.reconfigure(at.pop(i))
+
+        stream(pipe, x, 3 * frames, first_id=warmup, on_submit=switch)
+        return pipe.stats()["switches"]
+
+
+def bench_single(model, threads: int, frames: int, warmup: int) -> float:
+    from tunerd.commands.bench import bench_single as single
+    return single(model, threads, frames, warmup)["fps"]
+
+
+def ort_fps(model, threads: int, frames: int, warmup: int) -> float | None:
+    import numpy as np
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from tunerd.onnx_io import export_onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(model.graph, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name:
+            np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        sess.run(None, feed)
+    return frames / (time.perf_counter() - t0)
+
+
+def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
+    import tunerd
+    from tunerd.platform import resolve_platform
+    t_model = time.perf_counter()
+    model = tunerd.load_model(f"zoo:{name}", input_size=args.input_size)
+    n = len(model.units)
+    costs = unit_costs(model)
+    row: dict = {"model": name, "input_shape": list(model.input_shape), "units": n,
+                 "unit_ms": [round(c, 3) for c in costs]}
+    log = (lambda msg: print(f"  {name}: {msg}", file=sys.stderr, flush=True))
+
+    log("single stage")
+    row["a_single_2t_fps"] = bench_single(model, 2, args.frames, args.warmup)
+    row["single_1t_fps"] = bench_single(model, 1, args.frames, args.warmup)
+
+    log("two-stage pipelines on this machine")
+    auto = resolve_platform("auto")
+    cuts = [c for _, c in ranked_cuts(costs)[:args.candidates]]
+    runs = run_configs(model, auto, [two_stage(c, n, "big", "big") for c in cuts], args.frames, args.warmup,
+                       "/sys")
+    best = max(runs, key=lambda r: r["fps"])
+    row["b_candidates"] = {r["config"]: round(r["fps"], 2) for r in runs}
+    row["b_config"], row["b_fps"] = best["config"], best["fps"]
+    row["b_over_a"] = best["fps"] / row["a_single_2t_fps"]
+    row["b_stages"] = best["stages"]
+    row["b_bottleneck_ms"] = best["bottleneck_period_ms"]
+    row["handoff_pct"] = best["handoff_overhead_pct"]
+    row["profiling_pct"] = best["profiling_overhead_pct"]
+    row["overhead_pct"] = best["handoff_overhead_pct"] + best["profiling_overhead_pct"]
+    row["main_ms_per_frame"] = best["main_ms_per_frame"]
+    row["main_pct"] = best["main_overhead_pct"]
+    row["latency_ms_median"] = best["latency_ms_median"]
+
+    log("emulated board")
+    alone = run_configs(model, emu_platform, [f"0-{n - 1}@big:1", f"0-{n - 1}@little:1"], args.frames,
+                        args.warmup, emu_root)
+    row["emu_big_fps"], row["emu_little_fps"] = alone[0]["fps"], alone[1]["fps"]
+    row["emu_best_single_fps"] = max(row["emu_big_fps"], row["emu_little_fps"])
+    row["emu_ideal_fps"] = row["emu_big_fps"] + row["emu_little_fps"]
+    speed = {c.name: c.speed for c in emu_platform.clusters}
+    ranked = sorted([(ms, two_stage(c, n, "big", "little")) for ms, c in
+                     ranked_cuts(costs, 1 / speed["big"], 1 / speed["little"])] +
+                    [(ms, two_stage(c, n, "little", "big")) for ms, c in
+                     ranked_cuts(costs, 1 / speed["little"], 1 / speed["big"])])
+    configs = [text for _, text in ranked[:args.candidates]]
+    runs = run_configs(model, emu_platform, configs, args.frames, args.warmup, emu_root)
+    emu = max(runs, key=lambda r: r["fps"])
+    row["emu_candidates"] = {r["config"]: round(r["fps"], 2) for r in runs}
+    row["emu_config"], row["emu_fps"] = emu["config"], emu["fps"]
+    row["emu_over_single"] = emu["fps"] / row["emu_best_single_fps"]
+    row["emu_of_ideal"] = emu["fps"] / row["emu_ideal_fps"]
+
+    log("onnxruntime")
+    row["ort_2t_fps"] = ort_fps(model, 2, args.frames, args.warmup)
+    row["b_over_ort"] = row["b_fps"] / row["ort_2t_fps"] if row["ort_2t_fps"] else None
+
+    log("switch cost")
+    other = next((t for t in row["b_candidates"] if t != row["b_config"]), None)
+    if other is not None:
+        switches = switch_cost(model, auto, row["b_config"], other, args.frames, args.warmup, "/sys")
+        row["switches"] = switches
+        gaps = [s["output_gap_ms"] for s in switches if s["output_gap_ms"] is not None]
+        row["switch_gap_ms"] = max(gaps) if gaps else None
+        row["switch_request_to_out_ms"] = max(s["request_to_first_out_ms"] for s in switches) if switches else None
+        row["switch_over_bottleneck"] = (row["switch_gap_ms"] / row["b_bottleneck_ms"]
+                                         if row["switch_gap_ms"] is not None else None)
+    row["seconds"] = time.perf_counter() - t_model
+    return row
+
+
+def verdicts(row: dict) -> dict:
+    ok = {}
+    for key, target in TARGETS.items():
+        value = row.get(key)
+        if value is None:
+            continue
+        ok[key] = value <= target if key in ("overhead_pct", "switch_over_bottleneck") else value >= target
+    return ok
+
+
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict], args) -> None:
+    cols = [("model", "model", "s"), ("a 2T", "a_single_2t_fps", ".1f"), ("1T", "single_1t_fps", ".1f"),
+            ("b 1+1", "b_fps", ".1f"), ("b/a", "b_over_a", ".2f"),
+            ("emu big", "emu_big_fps", ".1f"), ("emu lit", "emu_little_fps", ".1f"),
+            ("emu pipe", "emu_fps", ".1f"), ("/single", "emu_over_single", ".2f"),
+            ("/ideal", "emu_of_ideal", ".0%"), ("ort 2T", "ort_2t_fps", ".1f"), ("b/ort", "b_over_ort", ".2f"),
+            ("ovh%", "overhead_pct", ".2f"), ("main%", "main_pct", ".1f"),
+            ("bneck ms", "b_bottleneck_ms", ".1f"), ("gap ms", "switch_gap_ms", ".1f"),
+            ("gap/bn", "switch_over_bottleneck", ".2f"), ("req->out", "switch_request_to_out_ms", ".0f")]
+    table = [[h for h, _, _ in cols]]
+    for r in rows:
+        marks = verdicts(r)
+        line = []
+        for _, key, spec in cols:
+            cell = str(r[key]) if spec == "s" else fmt(r.get(key), spec)
+            if key in marks and not marks[key]:
+                cell += "!"
+            line.append(cell)
+        table.append(line)
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    print(f"fps at input {args.input_size}, {args.frames} timed frames after {args.warmup}; "
+          f"'!' = misses its target {TARGETS}")
+    for line in table:
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
+    print()
+    for r in rows:
+        print(f"{r['model']}: (b) {r['b_config']}  (c) {r['emu_config']}  "
+              f"latency {fmt(r['latency_ms_median'])} ms  hand-off {fmt(r['handoff_pct'], '.2f')}% "
+              f"profiling {fmt(r['profiling_pct'], '.2f')}% of the bottleneck; main "
+              f"{fmt(r['main_ms_per_frame'], '.2f')} ms/frame")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names (default: all five)")
+    parser.add_argument("--input-size", type=int, default=224, metavar="N")
+    parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement (default 12)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
+    parser.add_argument("--candidates", type=int, default=3, help="cuts tried per pipeline (default 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': stdout)")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in ZOO]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)} (zoo: {', '.join(ZOO)})")
+    if len(os.sched_getaffinity(0)) < 2:
+        parser.error("needs 2 CPUs (0 and 1)")
+
+    from tunerd.fakesysfs import make_emulated_tree
+    from tunerd.platform import resolve_platform
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # a fresh emulated cpufreq tree: the speeds are the spec's, whatever this host's /sys says
+        emu_root = str(make_emulated_tree(EMULATED, tmp))
+        emu = resolve_platform(EMULATED, sysfs_root=emu_root)
+        load = os.getloadavg()
+        print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} at start", file=sys.stderr)
+        for name in models:
+            rows.append(bench_model(name, args, emu, emu_root))
+    print_table(rows, args)
+    report = {"input_size": args.input_size, "frames": args.frames, "warmup": args.warmup,
+              "load_average_start": load, "load_average_end": os.getloadavg(), "targets": TARGETS,
+              "models": [dict(r, verdicts=verdicts(r)) for r in rows]}
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    elif args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
