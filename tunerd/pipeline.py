@@ -94,7 +94,7 @@ class Outcome:
     attempts: int = 1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Record:
     frame_id: Any
     array: np.ndarray
@@ -105,7 +105,7 @@ class _Record:
     outcome: Outcome | None = None
 
 
-@dataclass
+@dataclass(eq=False)   # identity: a worker is itself, not its field values
 class _Worker:
     wid: int
     process: Any
@@ -129,7 +129,7 @@ class _Worker:
         return bool(self.poller.poll(0))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Epoch:
     number: int
     config: PipelineConfig
@@ -234,7 +234,8 @@ class Pipeline:
         self.frames_failed = 0
         self.restarts = 0
         self.cost_table = CostTable()
-        self._main_s = 0.0                         # this process's time handling frames
+        self._main_s = 0.0                         # this process's CPU time handling frames
+        self._infos: dict[int, dict] = {}          # worker id -> its answer to "info"
         self._closed = False
         try:
             self._current = self._start_epoch(config, clock())
@@ -288,9 +289,10 @@ class Pipeline:
         """Outcomes ready now, in submission order; waits up to ``timeout`` s for the first one."""
         deadline = clock() + max(0.0, timeout)
         while True:
-            if not self._closed:
+            idle = self._closed or self._broken is not None    # no workers: nothing will come
+            if not idle:
                 self._service(max(0.0, deadline - clock()) if not self._front_done() else 0.0)
-            if self._front_done() or self._closed or clock() >= deadline:
+            if idle or self._front_done() or clock() >= deadline:
                 break
         out = []
         while self._order and self._order[0].outcome is not None:
@@ -349,7 +351,7 @@ class Pipeline:
         """Ask every worker for its pid, thread affinities, BLAS threads, cached plans."""
         self._check_open()
         want = [w for w in self._res.workers if not w.dead]
-        self._infos: dict[int, dict] = {}
+        self._infos.clear()
         for w in want:
             self._send(w, ("info",))
         deadline = clock() + timeout
@@ -523,8 +525,6 @@ class Pipeline:
         ep.pending.add(w.wid)
         w.epochs.add(ep.number)
         w.cpus, w.threads, w.units = cpus, stage.cores, (stage.first, stage.last)
-        if w.dead:
-            return
         try:
             w.ctl.send(("role", spec))
             for r in new_rings:
@@ -533,8 +533,8 @@ class Pipeline:
             for s in prev + nxt:
                 send_handle(w.ctl, s.fileno(), w.pid)
         except OSError as err:
+            # NOTE: it is dead or dying: its sentinel tells _service, which restarts the pipeline
             log.warning("stage worker %d (pid %d) cannot take a role: %s", w.wid, w.pid, err)
-            w.dead = True
 
     def _maybe_retire(self, ep: _Epoch) -> None:
         """Return a drained, superseded epoch's rings to the pool."""
@@ -655,7 +655,7 @@ class Pipeline:
         elif kind == "ready":
             pass
         elif kind == "info":
-            getattr(self, "_infos", {})[w.wid] = msg[1]
+            self._infos[w.wid] = msg[1]
         elif kind == "error":
             w.error = msg[1]
             log.warning("stage worker %d (pid %d): %s", w.wid, w.pid, msg[1])
