@@ -14,6 +14,10 @@ from . import ops
 from .graph import Graph
 
 
+def _nothing(bufs) -> None:
+    pass
+
+
 class ExecutionPlan:
     """Runs nodes ``first..last`` (inclusive) of a graph: one input tensor in, one tensor out."""
 
@@ -41,10 +45,17 @@ class ExecutionPlan:
                 if i in slot:
                     last_use[i] = j
         last_use[self.output_name] = len(nodes)
+        concat_of = self._concat_groups(nodes, shapes)   # producer output -> concat output
         base: dict[str, str] = {self.input_name: self.input_name}
         for node in nodes:
             src = node.inputs[0] if node.inputs else None
-            base[node.outputs[0]] = base[src] if node.op in ops.VIEW_OPS and src in base else node.outputs[0]
+            out = node.outputs[0]
+            if out in concat_of:
+                base[out] = concat_of[out]
+            elif node.op in ops.VIEW_OPS and src in base:
+                base[out] = base[src]
+            else:
+                base[out] = out
         base_end: dict[str, int] = {}
         for name, b in base.items():
             base_end[b] = max(base_end.get(b, -1), last_use[name])
@@ -56,16 +67,30 @@ class ExecutionPlan:
         phys: dict[str, np.ndarray] = {}
         ws_size = 0
         pending = []
+
+        def allocate(name: str) -> np.ndarray:
+            size = int(np.prod(shapes[name]))
+            pool = free.get(size)
+            arr = pool.pop() if pool else np.empty(size, np.float32)
+            phys[name] = arr
+            bufs[slot[name]] = arr.reshape(shapes[name])
+            return arr
+
         for j, node in enumerate(nodes):
             out = node.outputs[0]
             in_shapes = [shapes[i] for i in node.inputs if i]
-            if node.op not in ops.VIEW_OPS:
-                shape = shapes[out]
-                size = int(np.prod(shape))
-                pool = free.get(size)
-                arr = pool.pop() if pool else np.empty(size, np.float32)
-                phys[out] = arr
-                bufs[slot[out]] = arr.reshape(shape)
+            if out in concat_of:
+                # NOTE: written straight into its channel slice of the concat's buffer (N = 1, so the
+                # slice is contiguous); the Concat itself then has nothing left to do.
+                target = concat_of[out]
+                if target not in phys:
+                    allocate(target)
+                start = sum(shapes[i][1] for i in self._concat_inputs[target][:self._concat_inputs[target].index(out)])
+                bufs[slot[out]] = bufs[slot[target]][:, start:start + shapes[out][1]]
+            elif node.op == "Concat" and out in self._concat_inputs:
+                pass
+            elif node.op not in ops.VIEW_OPS:
+                allocate(out)
             ws_size = max(ws_size, ops.workspace_size(node, in_shapes))
             pending.append((node, in_shapes))
             for b in dying.get(j, []):
@@ -82,7 +107,10 @@ class ExecutionPlan:
                 weights=[weights.get(i) if i in weights else None for i in node.inputs if i],
                 in_shapes=in_shapes, out_shape=shapes[node.outputs[0]],
                 workspace=self.workspace if ops.workspace_size(node, in_shapes) else None)
-            self._steps.append(ops.OPS[node.op].bind(binding))
+            if node.op == "Concat" and node.outputs[0] in self._concat_inputs:
+                self._steps.append(_nothing)      # its inputs were written in place
+            else:
+                self._steps.append(ops.OPS[node.op].bind(binding))
         self._bufs = bufs
         self._in_slot = 0
         self._out_slot = slot[self.output_name]
@@ -91,6 +119,28 @@ class ExecutionPlan:
         # step index after which each unit ends (for per-unit timing)
         self.unit_ends = [e - first for e in (unit_ends or [last])]
         self.node_names = [n.name for n in nodes]
+
+    def _concat_groups(self, nodes, shapes) -> dict[str, str]:
+        """Concats whose inputs can be produced in place: channel concat of a batch of one, every
+        input made by a compute node of this plan and read by nothing else."""
+        produced_by = {n.outputs[0]: n for n in nodes}
+        readers: dict[str, int] = {}
+        for n in nodes:
+            for i in n.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        self._concat_inputs: dict[str, list[str]] = {}
+        concat_of: dict[str, str] = {}
+        for n in nodes:
+            if n.op != "Concat" or len(shapes[n.outputs[0]]) != 4 or shapes[n.outputs[0]][0] != 1:
+                continue
+            if int(n.attrs.get("axis", 1)) % 4 != 1 or len(set(n.inputs)) != len(n.inputs):
+                continue
+            ins = list(n.inputs)
+            if all(i in produced_by and produced_by[i].op not in ops.VIEW_OPS and produced_by[i].op != "Concat"
+                   and readers.get(i) == 1 and i != self.output_name and i not in concat_of for i in ins):
+                self._concat_inputs[n.outputs[0]] = ins
+                concat_of.update({i: n.outputs[0] for i in ins})
+        return concat_of
 
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Run on ``x`` (shape and dtype already checked by the caller). The result lives in a plan
