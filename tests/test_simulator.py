@@ -1,0 +1,224 @@
+"""Board files, the simulated board, run_simulation and the `tunerd simulate` command."""
+import argparse
+import json
+import random
+
+import numpy as np
+import pytest
+
+from tunerd import boards
+from tunerd.commands import simulate
+from tunerd.errors import ConfigError, HintsError
+from tunerd.genome import GenomeSpace
+from tunerd.pipeconfig import ClusterSpec, parse_config
+from tunerd.simulator import SimulatedBoard, run_simulation, synthetic_table
+
+BOARD = {"name": "hikey-like", "interconnect_gbs": 3.0, "note": "extra fields are kept", "clusters": [
+    {"name": "little", "core_type": "A53", "cores": 4, "freq_mhz": 1800, "gflops_per_core": 3.6, "bandwidth_gbs": 4.0},
+    {"name": "big", "core_type": "A73", "cores": 4, "freq_mhz": 2360, "gflops_per_core": 9.4, "bandwidth_gbs": 8.0}]}
+SMALL = {"name": "small", "interconnect_gbs": 4.0, "clusters": [
+    {"name": "fast", "core_type": "F", "cores": 2, "freq_mhz": 2000, "gflops_per_core": 8.0, "bandwidth_gbs": 10.0},
+    {"name": "slow", "core_type": "S", "cores": 2, "freq_mhz": 1500, "gflops_per_core": 3.0, "bandwidth_gbs": 5.0}]}
+
+
+def _broken(path, value):
+    board = json.loads(json.dumps(BOARD))
+    target = board
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return board
+
+
+# -- board files -----------------------------------------------------------------------------------
+def test_board_validation_and_clusters():
+    board = boards.validate_board(BOARD)
+    assert board["note"] == "extra fields are kept" and board["clusters"][0]["cores"] == 4
+    assert boards.board_clusters(board) == [ClusterSpec("little", "A53", 4), ClusterSpec("big", "A73", 4)]
+
+
+@pytest.mark.parametrize("path, value, match", [
+    (("name",), KeyError, r"board: missing field 'name'"),
+    (("clusters",), KeyError, r"missing field 'clusters'"),
+    (("interconnect_gbs",), KeyError, r"missing field 'interconnect_gbs'"),
+    (("interconnect_gbs",), "fast", r"'interconnect_gbs' must be a number, got 'fast'"),
+    (("interconnect_gbs",), 0, r"'interconnect_gbs' must be > 0"),
+    (("clusters",), [], r"'clusters' must be a non-empty list"),
+    (("clusters", 1, "cores"), KeyError, r"clusters\[1\]: missing field 'cores'"),
+    (("clusters", 1, "cores"), 2.5, r"clusters\[1\]: 'cores' must be a whole number, got 2.5"),
+    (("clusters", 0, "gflops_per_core"), -1, r"clusters\[0\]: 'gflops_per_core' must be > 0"),
+    (("clusters", 0, "bandwidth_gbs"), True, r"'bandwidth_gbs' must be a number, got True"),
+    (("clusters", 0, "core_type"), "", r"'core_type' must be a non-empty string"),
+    (("clusters", 1, "name"), "little", r"clusters\[1\]: duplicate cluster name 'little'"),
+    (("clusters", 0), "big", r"clusters\[0\] must be an object"),
+])
+def test_board_errors_name_the_field(path, value, match):
+    with pytest.raises(HintsError, match=match):
+        boards.validate_board(_broken(path, value))
+
+
+def test_board_files_and_shipped_names(tmp_path):
+    path = tmp_path / "myboard.json"
+    path.write_text(json.dumps(BOARD))
+    assert boards.load_board(str(path))["name"] == "hikey-like"
+    assert boards.load_board(path)["name"] == "hikey-like"
+    assert boards.load_board(BOARD)["name"] == "hikey-like"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(HintsError, match="cannot read board file"):
+        boards.load_board(tmp_path / "bad.json")
+    with pytest.raises(HintsError, match="board file not found"):
+        boards.load_board(tmp_path / "missing.json")
+    with pytest.raises(HintsError, match="unknown board 'no-such-board'"):
+        boards.load_board("no-such-board")
+    with pytest.raises(HintsError, match="must be a JSON object"):
+        boards.validate_board([1, 2])
+    for name in boards.shipped_boards():  # whatever is shipped must load
+        assert boards.load_board(name)["name"]
+    assert boards.shipped_board_path("hikey970").name == "hikey970.json"
+
+
+# -- the simulated board ---------------------------------------------------------------------------
+def test_true_costs_deviate_from_predictions_by_a_seeded_error():
+    table = synthetic_table(BOARD, 40, seed=1)
+    sim = SimulatedBoard(BOARD, table, seed=3, sigma=0.25)
+    again = SimulatedBoard(BOARD, table, seed=3, sigma=0.25)
+    other = SimulatedBoard(BOARD, table, seed=4, sigma=0.25)
+    log_err = np.log(sim.true_table.predicted_ms["A53"] / table.predicted_ms["A53"])
+    assert 0.15 < log_err.std() < 0.35
+    assert np.array_equal(sim.true_table.predicted_ms["A53"], again.true_table.predicted_ms["A53"])
+    assert not np.array_equal(sim.true_table.predicted_ms["A53"], other.true_table.predicted_ms["A53"])
+    # mostly per unit: the error of a unit is correlated across core types
+    other_err = np.log(sim.true_table.predicted_ms["A73"] / table.predicted_ms["A73"])
+    assert np.corrcoef(log_err[:, 0], other_err[:, 0])[0, 1] > 0.3
+    exact = SimulatedBoard(BOARD, table, seed=3, sigma=0.0)
+    assert np.allclose(exact.true_table.predicted_ms["A53"], table.predicted_ms["A53"])
+
+
+def test_measurements_are_noisy_around_the_truth():
+    table = synthetic_table(BOARD, 10, seed=2)
+    sim = SimulatedBoard(BOARD, table, seed=0, noise=0.05)
+    config = parse_config("0-4@big:1x4 | 5-9@little:4")
+    samples = [sim.measure(config) for _ in range(200)]
+    fps = np.array([f for f, _u in samples])
+    assert fps.mean() == pytest.approx(sim.true_fps(config), rel=0.02)
+    assert 0.03 < fps.std() / fps.mean() < 0.07
+    units = np.mean([u for _f, u in samples], axis=0)
+    assert units == pytest.approx(sim.model().unit_ms(config), rel=0.03)
+    assert sim.measurements == 200
+    quiet = SimulatedBoard(BOARD, table, seed=0, noise=0.0)
+    assert quiet.measure(config)[0] == pytest.approx(quiet.true_fps(config))
+
+
+def test_shared_bandwidth_and_interconnect_cost_throughput():
+    table = synthetic_table(BOARD, 10, seed=2)
+    free = SimulatedBoard(BOARD, table, seed=0, contention=0.0)
+    shared = SimulatedBoard(BOARD, table, seed=0, contention=0.4)
+    one = parse_config("0-9@big:4")
+    four = parse_config("0-9@big:1x4")
+    assert shared.true_fps(one) == pytest.approx(free.true_fps(one))
+    assert shared.true_fps(four) == pytest.approx(free.true_fps(four) / (1 + 3 * 0.4 / 8.0))
+    split = parse_config("0-4@big:4 | 5-9@little:4")
+    slow_link = SimulatedBoard({**BOARD, "interconnect_gbs": 0.01}, table, seed=0)
+    assert slow_link.true_fps(split) < free.true_fps(split)
+
+
+def test_optimum_beats_every_random_config():
+    table = synthetic_table(SMALL, 6, seed=5)
+    sim = SimulatedBoard(SMALL, table, seed=5)
+    opt = sim.optimum()
+    assert sim.true_fps(opt.config) == pytest.approx(opt.fps)
+    space = GenomeSpace(sim.clusters, 6)
+    rng = random.Random(0)
+    for _ in range(300):
+        assert sim.true_fps(space.to_config(space.random_genome(rng))) <= opt.fps * (1 + 1e-12)
+
+
+def test_dvfs_schedule_changes_speed_at_its_window():
+    table = synthetic_table(SMALL, 6, seed=5)
+    sim = SimulatedBoard(SMALL, table, seed=5, dvfs_schedule=[(3, "fast", 0.5)])
+    config = parse_config("0-5@fast:2")
+    before, opt_before = sim.true_fps(config), sim.optimum().fps
+    assert sim.due_events(2) == [] and sim.next_event() == 3
+    assert sim.due_events(3) == [("fast", 0.5)] and sim.next_event() is None
+    assert sim.true_fps(config) == pytest.approx(before * 0.5)
+    assert sim.optimum().fps < opt_before
+    with pytest.raises(ConfigError, match="unknown cluster 'gpu'"):
+        SimulatedBoard(SMALL, table, dvfs_schedule=[(3, "gpu", 0.5)])
+    with pytest.raises(ConfigError, match="factor must be > 0"):
+        SimulatedBoard(SMALL, table, dvfs_schedule=[(3, "fast", 0)])
+
+
+def test_run_simulation_reports_what_the_command_promises():
+    table = synthetic_table(SMALL, 7, seed=1)
+    result = run_simulation(SMALL, table, budget=20, seed=1, dvfs_schedule=[(25, "fast", 0.6)])
+    for key in ("found_fps", "optimum_fps", "evaluations", "evaluations_to_95", "evaluations_to_99", "config",
+                "history", "within_10pct", "served_share", "optimum_config", "retune", "final_config"):
+        assert key in result
+    assert 0 < result["found_fps"] <= result["optimum_fps"] * (1 + 1e-9)
+    assert result["evaluations"] == len([h for h in result["history"] if h["window"] < 25])
+    json.dumps(result)
+    assert result["retune"]["optimum_fps"] < result["optimum_fps"]
+
+
+# -- the command -----------------------------------------------------------------------------------
+def _parser():
+    parser = argparse.ArgumentParser(prog="tunerd")
+    simulate.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+@pytest.fixture
+def fake_hints(monkeypatch):
+    calls = []
+
+    def load_table(args, board):
+        calls.append((args.model, args.hints, args.input_size, board["name"]))
+        return synthetic_table(board, 7, seed=2), "synthetic7"
+
+    monkeypatch.setattr(simulate, "load_table", load_table)
+    return calls
+
+
+def test_simulate_command_json(tmp_path, capsys, fake_hints):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    args = _parser().parse_args(["simulate", "--board", str(path), "--model", "zoo:alexnet", "--input-size", "32",
+                                 "--budget", "15", "--seed", "2", "--dvfs", "20:fast:0.5", "--json"])
+    assert args.func is simulate.run
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["found_fps"] <= out["optimum_fps"] * (1 + 1e-9) and out["evaluations"] <= 15
+    assert out["model"] == "synthetic7" and out["retune"]["cluster"] == "fast"
+    assert fake_hints == [("zoo:alexnet", None, 32, "small")]
+
+
+def test_simulate_command_text(tmp_path, capsys, fake_hints):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    args = _parser().parse_args(["simulate", "--board", str(path), "--hints", "x.json", "--budget", "10"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "found" in out and "optimum" in out and "(exhaustive)" in out and "found/optimum" in out
+
+
+def test_simulate_command_errors(tmp_path, capsys, fake_hints):
+    parser = _parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "--board", "x", "--model", "m", "--dvfs", "soon:big:0.5"])
+    assert "expected AT:CLUSTER:FACTOR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "--board", "x", "--model", "m", "--dvfs", "3:big:0"])
+    args = parser.parse_args(["simulate", "--board", "x"])
+    with pytest.raises(HintsError, match="one of --model or --hints is required"):
+        simulate.run(args)
+    args = parser.parse_args(["simulate", "--board", "no-such-board", "--model", "m"])
+    with pytest.raises(HintsError, match="unknown board"):
+        simulate.run(args)
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    args = parser.parse_args(["simulate", "--board", str(path), "--model", "m", "--dvfs", "3:gpu:0.5"])
+    with pytest.raises(ConfigError, match="unknown cluster 'gpu'"):
+        simulate.run(args)
