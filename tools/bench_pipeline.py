@@ -11,11 +11,16 @@ For each model, side by side in one run:
   (d) onnxruntime, 2 threads, on the same model exported to ONNX, and the ratio (b) / (d);
   (e) overheads of (b)'s bottleneck stage: hand-off and profiling as a share of its period, and the
       main process's time per frame;
-  (f) switch cost: while (b) streams, reconfigure to the runner-up cut and back; the gap in the
-      output stream and request -> first frame out on the new config, against (b)'s bottleneck.
+  (f) switch cost: while (b) streams, reconfigure to the runner-up cut and back, twice; the median
+      gap in the output stream (last frame out on the old config -> first on the new) and request ->
+      first frame out on the new config (which includes the frames queued on the old one), against
+      (b)'s bottleneck period.
 
     .venv/bin/python tools/bench_pipeline.py [--models alexnet,squeezenet] [--input-size 224]
-                                             [--frames 12] [--warmup 3] [--json FILE|-]
+                                             [--frames 10] [--repeat 3] [--json FILE|-]
+
+Other processes on the machine disturb every figure; each one is the best of ``--repeat`` windows
+(the least disturbed), and unit costs are the fastest of a few runs. The load average is printed.
 
 NOTE: everything runs under ``main()``: spawned stage workers re-import this script as
 ``__mp_main__``, so module level stays light (no numpy before the workers pin themselves).
@@ -35,8 +40,8 @@ TARGETS = {"b_over_a": 1.1, "emu_over_single": 1.25, "emu_of_ideal": 0.85, "over
            "switch_over_bottleneck": 2.0}
 
 
-def unit_costs(model, runs: int = 3) -> list[float]:
-    """Median ms per unit, 1 BLAS thread, in this process."""
+def unit_costs(model, runs: int = 5) -> list[float]:
+    """Fastest ms per unit over ``runs`` runs, 1 BLAS thread, in this process."""
     import numpy as np
     from threadpoolctl import threadpool_limits
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
@@ -44,7 +49,7 @@ def unit_costs(model, runs: int = 3) -> list[float]:
     with threadpool_limits(limits=1):
         plan.run(x)
         samples = [plan.run_timed(x)[1] for _ in range(runs)]
-    return [1000 * float(v) for v in np.median(np.array(samples), axis=0)]
+    return [1000 * float(v) for v in np.min(np.array(samples), axis=0)]
 
 
 def ranked_cuts(costs: list[float], left: float = 1.0, right: float = 1.0) -> list[tuple[float, int]]:
@@ -61,8 +66,10 @@ def two_stage(cut: int, n: int, first: str, second: str) -> str:
     return f"0-{cut - 1}@{first}:1 | {cut}-{n - 1}@{second}:1"
 
 
-def run_configs(model, platform, configs: list[str], frames: int, warmup: int, sysfs_root: str) -> list[dict]:
-    """Each config in turn on one pipeline (reconfigured between them, no new processes)."""
+def run_configs(model, platform, configs: list[str], frames: int, warmup: int, sysfs_root: str,
+                repeat: int) -> list[dict]:
+    """Each config in turn on one pipeline (reconfigured between them, no new processes); per
+    config the best of ``repeat`` windows of ``frames`` frames."""
     import numpy as np
 
     from tunerd.pipeline import Pipeline
@@ -74,15 +81,20 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
         for text in configs:
             if text != str(pipe.config):
                 pipe.reconfigure(text)
-            r = measure(pipe, x, frames, warmup, first_id=next_id)
-            next_id += frames + warmup
-            r.pop("first_out")
-            results.append(r)
+            windows = []
+            for i in range(repeat):
+                w = warmup if i == 0 else 1
+                windows.append(measure(pipe, x, frames, w, first_id=next_id))
+                next_id += frames + w
+            best = max(windows, key=lambda r: r["fps"])
+            best.pop("first_out")
+            best["fps_windows"] = [round(r["fps"], 2) for r in windows]
+            results.append(best)
     return results
 
 
 def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs_root: str) -> list[dict]:
-    """Stream continuously on ``a``; switch to ``b`` and back while the pipeline is full."""
+    """Stream continuously on ``a``; switch to ``b`` and back, twice, while the pipeline is full."""
     import numpy as np
 
     from tunerd.pipeline import Pipeline
@@ -90,22 +102,22 @@ def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     with Pipeline(model, a, platform, sysfs_root=sysfs_root) as pipe:
         stream(pipe, x, warmup)
-        at = {frames: b, 2 * frames: a}
+        at = {frames: b, 2 * frames: a, 3 * frames: b, 4 * frames: a}
 
         def switch(i):
             if i in at and str(pipe.config) != at[i]:
                 pipe.reconfigure(at.pop(i))
 
-        stream(pipe, x, 3 * frames, first_id=warmup, on_submit=switch)
+        stream(pipe, x, 5 * frames, first_id=warmup, on_submit=switch)
         return pipe.stats()["switches"]
 
 
-def bench_single(model, threads: int, frames: int, warmup: int) -> float:
+def bench_single(model, threads: int, frames: int, warmup: int, repeat: int) -> float:
     from tunerd.commands.bench import bench_single as single
-    return single(model, threads, frames, warmup)["fps"]
+    return max(single(model, threads, frames, warmup if i == 0 else 0)["fps"] for i in range(repeat))
 
 
-def ort_fps(model, threads: int, frames: int, warmup: int) -> float | None:
+def ort_fps(model, threads: int, frames: int, warmup: int, repeat: int) -> float | None:
     import numpy as np
     try:
         import onnxruntime as ort
@@ -124,13 +136,18 @@ def ort_fps(model, threads: int, frames: int, warmup: int) -> float | None:
             np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)}
     for _ in range(warmup):
         sess.run(None, feed)
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        sess.run(None, feed)
-    return frames / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            sess.run(None, feed)
+        best = max(best, frames / (time.perf_counter() - t0))
+    return best
 
 
 def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
+    import numpy as np
+
     import tunerd
     from tunerd.platform import resolve_platform
     t_model = time.perf_counter()
@@ -142,14 +159,14 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     log = (lambda msg: print(f"  {name}: {msg}", file=sys.stderr, flush=True))
 
     log("single stage")
-    row["a_single_2t_fps"] = bench_single(model, 2, args.frames, args.warmup)
-    row["single_1t_fps"] = bench_single(model, 1, args.frames, args.warmup)
+    row["a_single_2t_fps"] = bench_single(model, 2, args.frames, args.warmup, args.repeat)
+    row["single_1t_fps"] = bench_single(model, 1, args.frames, args.warmup, args.repeat)
 
     log("two-stage pipelines on this machine")
     auto = resolve_platform("auto")
     cuts = [c for _, c in ranked_cuts(costs)[:args.candidates]]
     runs = run_configs(model, auto, [two_stage(c, n, "big", "big") for c in cuts], args.frames, args.warmup,
-                       "/sys")
+                       "/sys", args.repeat)
     best = max(runs, key=lambda r: r["fps"])
     row["b_candidates"] = {r["config"]: round(r["fps"], 2) for r in runs}
     row["b_config"], row["b_fps"] = best["config"], best["fps"]
@@ -165,7 +182,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
 
     log("emulated board")
     alone = run_configs(model, emu_platform, [f"0-{n - 1}@big:1", f"0-{n - 1}@little:1"], args.frames,
-                        args.warmup, emu_root)
+                        args.warmup, emu_root, args.repeat)
     row["emu_big_fps"], row["emu_little_fps"] = alone[0]["fps"], alone[1]["fps"]
     row["emu_best_single_fps"] = max(row["emu_big_fps"], row["emu_little_fps"])
     row["emu_ideal_fps"] = row["emu_big_fps"] + row["emu_little_fps"]
@@ -175,7 +192,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
                     [(ms, two_stage(c, n, "little", "big")) for ms, c in
                      ranked_cuts(costs, 1 / speed["little"], 1 / speed["big"])])
     configs = [text for _, text in ranked[:args.candidates]]
-    runs = run_configs(model, emu_platform, configs, args.frames, args.warmup, emu_root)
+    runs = run_configs(model, emu_platform, configs, args.frames, args.warmup, emu_root, args.repeat)
     emu = max(runs, key=lambda r: r["fps"])
     row["emu_candidates"] = {r["config"]: round(r["fps"], 2) for r in runs}
     row["emu_config"], row["emu_fps"] = emu["config"], emu["fps"]
@@ -183,7 +200,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     row["emu_of_ideal"] = emu["fps"] / row["emu_ideal_fps"]
 
     log("onnxruntime")
-    row["ort_2t_fps"] = ort_fps(model, 2, args.frames, args.warmup)
+    row["ort_2t_fps"] = ort_fps(model, 2, args.frames, args.warmup, args.repeat)
     row["b_over_ort"] = row["b_fps"] / row["ort_2t_fps"] if row["ort_2t_fps"] else None
 
     log("switch cost")
@@ -192,8 +209,9 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
         switches = switch_cost(model, auto, row["b_config"], other, args.frames, args.warmup, "/sys")
         row["switches"] = switches
         gaps = [s["output_gap_ms"] for s in switches if s["output_gap_ms"] is not None]
-        row["switch_gap_ms"] = max(gaps) if gaps else None
-        row["switch_request_to_out_ms"] = max(s["request_to_first_out_ms"] for s in switches) if switches else None
+        row["switch_gap_ms"] = float(np.median(gaps)) if gaps else None
+        row["switch_request_to_out_ms"] = (float(np.median([s["request_to_first_out_ms"] for s in switches]))
+                                           if switches else None)
         row["switch_over_bottleneck"] = (row["switch_gap_ms"] / row["b_bottleneck_ms"]
                                          if row["switch_gap_ms"] is not None else None)
     row["seconds"] = time.perf_counter() - t_model
@@ -234,7 +252,7 @@ def print_table(rows: list[dict], args) -> None:
             line.append(cell)
         table.append(line)
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
-    print(f"fps at input {args.input_size}, {args.frames} timed frames after {args.warmup}; "
+    print(f"fps at input {args.input_size}, best of {args.repeat} x {args.frames} timed frames; "
           f"'!' = misses its target {TARGETS}")
     for line in table:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
@@ -250,7 +268,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo names (default: all five)")
     parser.add_argument("--input-size", type=int, default=224, metavar="N")
-    parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement (default 12)")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per window (default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="windows per figure, the best kept (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
     parser.add_argument("--candidates", type=int, default=3, help="cuts tried per pipeline (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': stdout)")
@@ -275,6 +294,7 @@ def main(argv=None) -> int:
             rows.append(bench_model(name, args, emu, emu_root))
     print_table(rows, args)
     report = {"input_size": args.input_size, "frames": args.frames, "warmup": args.warmup,
+              "repeat": args.repeat,
               "load_average_start": load, "load_average_end": os.getloadavg(), "targets": TARGETS,
               "models": [dict(r, verdicts=verdicts(r)) for r in rows]}
     if args.json == "-":

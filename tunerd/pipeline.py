@@ -21,9 +21,11 @@ Outcomes. For every submitted frame exactly one ``Outcome`` comes out of ``poll`
 order: a result (``ok``, ``output``: a new array owned by the caller) or an error. A worker that
 dies is noticed by its process sentinel the next time ``poll``/``submit`` looks (a poll loop that
 calls ``poll`` at least every second notices within a second); all workers are then restarted on
-the current config and the frames that were inside run once more (``max_retries``) or fail.
+the current config and the frames that were inside run once more (``max_retries``) or fail; a
+re-run frame carries the epoch it re-entered with. Workers that keep dying without a frame done in
+between break the pipeline for good (every frame fails, ``submit`` raises PipelineError).
 The pipeline keeps a reference to each submitted array until its outcome is out (to re-run it);
-don't modify it meanwhile.
+don't modify it meanwhile. One thread drives a pipeline; it is not thread-safe.
 """
 from __future__ import annotations
 
