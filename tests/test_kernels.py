@@ -55,7 +55,12 @@ CONV_LAYERS = [
     ("shufflenet_grouped_1x1", (2, 12, 7, 7), (24, 4, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
     ("depthwise_1x1", (1, 6, 5, 5), (6, 1, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 6),
     ("grouped_1x1s2", (1, 8, 9, 9), (4, 4, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 2),
+    # Winograd F(2x2, 3x3) path (>= 64 input channels, >= 28x28 outputs); output channels cut down
+    ("winograd_resnet_3x3_at_28", (1, 64, 28, 28), (8, 64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("winograd_odd_sizes_asym_pads_n2", (2, 64, 31, 29), (6, 64, 3, 3), (1, 1), (0, 1, 2, 1), (1, 1), 1),
+    ("winograd_no_pads", (1, 72, 30, 31), (5, 72, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
+WINOGRAD_LAYERS = [c for c in CONV_LAYERS if c[0].startswith("winograd_")]
 
 
 @pytest.mark.parametrize("name,xs,ws,strides,pads,dil,group", CONV_LAYERS, ids=[c[0] for c in CONV_LAYERS])
@@ -72,7 +77,8 @@ def test_conv2d_layers(name, xs, ws, strides, pads, dil, group):
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6"])
-@pytest.mark.parametrize("name", ["googlenet_conv1_7x7s2p3", "mobilenet_dw3x3s2", "resnet_1x1_bottleneck"])
+@pytest.mark.parametrize("name", ["googlenet_conv1_7x7s2p3", "mobilenet_dw3x3s2", "resnet_1x1_bottleneck",
+                                  "winograd_resnet_3x3_at_28"])
 def test_conv2d_bias_and_activation(name, activation):
     _, xs, ws, strides, pads, dil, group = next(c for c in CONV_LAYERS if c[0] == name)
     x, w = rand(*xs, scale=3.0), rand(*ws)
@@ -81,6 +87,31 @@ def test_conv2d_bias_and_activation(name, activation):
         expected = np.clip(expected, 0, 6 if activation == "relu6" else None)
     y = K.conv2d(x, w, None, strides=strides, pads=pads, dilations=dil, group=group, activation=activation)
     assert_close(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,xs,ws,strides,pads,dil,group", WINOGRAD_LAYERS, ids=[c[0] for c in WINOGRAD_LAYERS])
+def test_conv2d_winograd_path_is_taken(name, xs, ws, strides, pads, dil, group):
+    # NOTE: the cases above test Winograd only while its threshold lets these shapes through
+    assert K.conv._plan_for(xs, ws, strides, pads, dil, group).path == "winograd"
+    narrow = (xs[0], K.conv.WINOGRAD_MIN_CHANNELS - 1) + xs[2:]
+    assert K.conv._plan_for(narrow, (ws[0], narrow[1]) + ws[2:], strides, pads, dil, group).path == "gemm"
+
+
+def test_conv2d_winograd_views_and_memmap(tmp_path):
+    # strided input view, output written into a channel slice of a concat buffer, memmap weights
+    big = rand(1, 70, 32, 32)
+    x = big[:, 3:67, 1:31, 1:31]
+    w, b = rand(4, 64, 3, 3, scale=0.2), rand(4)
+    mm = np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="w+", shape=w.shape)
+    mm[:] = w
+    mm.flush()
+    ro = np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="r", shape=w.shape)
+    cat = garbage((1, 9, 30, 30))
+    kw = dict(pads=(1, 1, 1, 1))
+    ws = np.full(K.conv2d_workspace_size(x.shape, w.shape, **kw), np.nan, np.float32)
+    y = K.conv2d(x, ro, b, activation="relu6", out=cat[:, 2:6], workspace=ws, **kw)
+    assert_close(y, np.clip(conv2d_ref(x, w, b, pads=(1, 1, 1, 1)), 0, 6), rtol=1e-4, atol=1e-4)
+    assert np.isnan(cat[:, :2]).all() and np.isnan(cat[:, 6:]).all()
 
 
 def test_conv2d_strided_input_and_output_views():
