@@ -139,3 +139,17 @@ def test_batch_norm_and_activation_are_folded():
     ops = {n.op for n in model.graph.nodes}
     assert "BatchNormalization" not in ops and "Clip" not in ops
     assert all(n.attrs.get("activation") == "relu6" for n in model.graph.nodes if n.op == "Conv")
+
+
+def test_plan_ending_in_an_in_place_concat_writes_into_out():
+    model = tunerd.load_model("zoo:googlenet", input_size=32)
+    x = frame(model)
+    head = model.plan(0, 3)                          # unit 3 = inception_3a, ends in its Concat
+    assert head.output_name in head._concat_inputs
+    ref = head.run(x).copy()
+    out = np.full(head.output_shape, np.nan, np.float32)
+    assert head.run(x, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    res, _ = head.run_timed(x, out=np.zeros(head.output_shape, np.float32))
+    np.testing.assert_array_equal(res, ref)
+    np.testing.assert_array_equal(head.run(x), ref)  # internal buffers restored

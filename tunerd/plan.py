@@ -116,6 +116,15 @@ class ExecutionPlan:
         self._out_slot = slot[self.output_name]
         self._out_buffer = bufs[self._out_slot]
         self._out_is_view = nodes[-1].op in ops.VIEW_OPS
+        # an in-place Concat as the output: its producers write into slices of the caller's ``out``
+        self._out_parts: list[tuple[int, int, int]] = []
+        if self.output_name in self._concat_inputs:
+            start = 0
+            for name in self._concat_inputs[self.output_name]:
+                width = shapes[name][1]
+                self._out_parts.append((slot[name], start, start + width))
+                start += width
+        self._part_buffers = [bufs[s] for s, _, _ in self._out_parts]
         # step index after which each unit ends (for per-unit timing)
         self.unit_ends = [e - first for e in (unit_ends or [last])]
         self.node_names = [n.name for n in nodes]
@@ -142,13 +151,31 @@ class ExecutionPlan:
                 concat_of.update({i: n.outputs[0] for i in ins})
         return concat_of
 
+    def _bind_out(self, x: np.ndarray, out: np.ndarray | None) -> None:
+        bufs = self._bufs
+        bufs[0] = x
+        if out is None or self._out_is_view:
+            return
+        if not self._out_parts:
+            bufs[self._out_slot] = out
+        elif out.shape == self.output_shape and out.flags.c_contiguous:
+            bufs[self._out_slot] = out
+            for s, a, b in self._out_parts:
+                bufs[s] = out[:, a:b]
+        # else: the result is computed in the plan's buffer and copied into ``out``
+
+    def _unbind_out(self) -> None:
+        bufs = self._bufs
+        bufs[self._out_slot] = self._out_buffer
+        for (s, _, _), buf in zip(self._out_parts, self._part_buffers):
+            bufs[s] = buf
+        bufs[0] = None
+
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Run on ``x`` (shape and dtype already checked by the caller). The result lives in a plan
         buffer, valid until the next call, unless ``out`` is given (then it is written there)."""
         bufs = self._bufs
-        bufs[0] = x
-        if out is not None and not self._out_is_view:
-            bufs[self._out_slot] = out
+        self._bind_out(x, out)
         try:
             for step in self._steps:
                 step(bufs)
@@ -158,16 +185,13 @@ class ExecutionPlan:
                 result = out
             return result
         finally:
-            bufs[self._out_slot] = self._out_buffer
-            bufs[0] = None
+            self._unbind_out()
 
     def run_timed(self, x: np.ndarray, out: np.ndarray | None = None,
                   clock=time.perf_counter) -> tuple[np.ndarray, list[float]]:
         """Like run, also returning seconds spent in each unit of the plan."""
         bufs = self._bufs
-        bufs[0] = x
-        if out is not None and not self._out_is_view:
-            bufs[self._out_slot] = out
+        self._bind_out(x, out)
         times, ends = [], self.unit_ends
         try:
             t0 = clock()
@@ -184,5 +208,4 @@ class ExecutionPlan:
                 result = out
             return result, times
         finally:
-            bufs[self._out_slot] = self._out_buffer
-            bufs[0] = None
+            self._unbind_out()
