@@ -443,19 +443,19 @@ def test_emulated_dvfs_slows_a_stage_within_a_frame(fake_sysfs):
     with pipe:
         one_by_one(pipe, frames(model, 1))               # warm: the first frame builds caches
         before = one_by_one(pipe, frames(model, 4))
-        set_emulated_freq(root, 1, 1_000_000)            # little: 0.5 -> 0.25
+        set_emulated_freq(root, 1, 500_000)              # little: 0.5 -> 0.125, 4x slower
         after = one_by_one(pipe, frames(model, 3))
         table = pipe.cost_table
     little = lambda o: o.stages[1]                      # noqa: E731
     base = float(np.median([little(o).compute_ms for o in before]))
     assert base > 0.8 * 12.0                            # 2 units x 3 ms, stretched by 1/0.5
-    # the very next frame reads the new speed; 2x expected, less asked: sleeps are noisy here
-    assert [little(o).freq for o in before + after] == [0.5] * 4 + [0.25] * 3
-    assert max(little(o).compute_ms for o in after[:2]) > 1.4 * base
-    assert float(np.median([little(o).compute_ms for o in after])) > 1.4 * base
+    # the very next frame reads the new speed; 4x expected, less asked: sleeps are noisy here
+    assert [little(o).freq for o in before + after] == [0.5] * 4 + [0.125] * 3
+    assert little(after[0]).compute_ms > 2 * base
+    assert float(np.median([little(o).compute_ms for o in after])) > 2 * base
     assert all(o.stages[0].freq == 1.0 for o in before + after)
     # the cost table keeps the two frequency states apart (means are too noisy on a busy machine)
-    assert table.samples(2, "emu@0.5", 1, 0.5) == 5 and table.samples(2, "emu@0.5", 1, 0.25) == 3
+    assert table.samples(2, "emu@0.5", 1, 0.5) == 5 and table.samples(2, "emu@0.5", 1, 0.125) == 3
     assert table.samples(0, "emu@1", 1, 1.0) == 8 and table.mean_ms(0, "emu@1", 1) >= 2.9
 
 
