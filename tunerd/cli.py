@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "tunerd.commands.model",
     "tunerd.commands.bench",
     "tunerd.commands.platform",
+    "tunerd.commands.hints",
+    "tunerd.commands.calibrate",
 ]
 
 

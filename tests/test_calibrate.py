@@ -1,0 +1,145 @@
+"""Calibration: the sweep's layers, the fit, the file, and a quick run on emulated clusters."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tunerd import calibrate as C
+from tunerd import costmodel as cm
+from tunerd.cli import main
+from tunerd.errors import ConfigError, HintsError
+from tunerd.hints import load_hints, make_hints
+from tunerd.model import load_model
+
+TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
+
+
+@pytest.mark.parametrize("op, params", sorted(set(C.QUICK_SWEEP), key=str))
+def test_sweep_layers_build(op, params):
+    model = C.build_layer(op, params)
+    assert len(model.units) == 1
+    assert cm.FeatureTable.from_units(model.units).n_units == 1
+
+
+def test_every_kind_in_both_sweeps():
+    for sweep in (C.QUICK_SWEEP, C.FULL_SWEEP):
+        kinds = {cm.KINDS[k] for k in C._features(sweep).kind}
+        assert kinds == set(cm.KINDS)
+
+
+def test_fit_recovers_a_known_model():
+    true = cm.CoreCoeffs("x", 50.0, 12.0, act_gbs=60.0,
+                         eff={"conv": 0.7, "conv1x1": 0.9, "depthwise": 0.1, "fc": 10.0, "pool": 0.05,
+                              "lrn": 0.08, "elementwise": 0.1, "memory": 0.1},
+                         overhead_us={k: 20.0 for k in cm.KINDS}, shape={"m0": 16.0, "n0": 64.0, "k0": 0.0})
+    sweep = C.QUICK_SWEEP
+    table = C._features(sweep)
+    samples = []
+    for n, alpha in ((1, None), (2, 0.2)):
+        c = true if alpha is None else true.with_(alpha={k: alpha for k in cm.KINDS}, alpha_mem=1.0)
+        for i, ms in enumerate(cm.unit_ms(table, c, n)):
+            samples.append(C.Sample(i, "x", n, float(ms)))
+    # NOTE: weights far bigger than the cache, so the warm sweep sees them at DRAM speed too
+    coeffs, report = C.fit(samples, sweep, quick=True, llc={"x": 1.0})
+    assert report["x"]["median_abs_err_1"] < 0.02
+    assert report["x"]["median_abs_err_2"] < 0.1
+
+
+def test_robust_ms_ignores_slow_runs():
+    assert C.robust_ms([5.0, 1.0, 9.0]) == 1.0
+    runs = [1.0 + 0.01 * i for i in range(20)] + [30.0] * 20
+    assert C.robust_ms(runs) == pytest.approx(1.01, abs=0.01)
+
+
+def test_progress_lines_when_not_a_terminal():
+    out = io.StringIO()
+    bar = C.Progress(20, stream=out)
+    for _ in range(20):
+        bar.step("big:1")
+    lines = out.getvalue().splitlines()
+    assert 5 <= len(lines) <= 11 and lines[-1].startswith("calibrate: 20/20 (100%)")
+
+
+def test_calibrating_a_board_is_refused():
+    with pytest.raises(ConfigError, match="simulated board"):
+        C.calibrate("board:hikey970")
+
+
+def test_calibration_file_errors(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"schema": "tunerd-calibration/0"}))
+    with pytest.raises(HintsError, match="unsupported schema"):
+        C.load_calibration(path)
+    path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x", "coefficients": {}}))
+    with pytest.raises(HintsError, match="non-empty"):
+        C.load_calibration(path)
+    path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x",
+                                "coefficients": {"A": {"gflops": 1}}}))
+    with pytest.raises(HintsError, match="lack field 'bandwidth_gbs'"):
+        C.load_calibration(path)
+    with pytest.raises(HintsError, match="not found"):
+        C.load_calibration(tmp_path / "none.json")
+
+
+@pytest.fixture(scope="module")
+def quick_emulated(tmp_path_factory):
+    """One quick calibration of two emulated clusters (big at full speed, little at half)."""
+    if not TWO_CPUS:
+        pytest.skip("needs two CPUs")
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    spec = f"emulate:big={cpus[0]}@1.0,little={cpus[1]}@0.5"
+    out = tmp_path_factory.mktemp("cal") / "cal.json"
+    assert main(["calibrate", "--platform", spec, "--quick", "--no-progress", "-o", str(out)]) == 0
+    return spec, out
+
+
+def test_quick_calibration_on_emulated_clusters(quick_emulated, capsys):
+    spec, path = quick_emulated
+    cal = C.load_calibration(path)
+    assert cal.quick and cal.platform["spec"] == spec
+    assert set(cal.coefficients) == {"emu@1", "emu@0.5"}
+    assert len(cal.samples) == 2 * len(C.QUICK_SWEEP)
+    assert cal.machine.get("numpy")
+    # the slow cluster predicts ~1/speed slower, unit by unit and for the whole model
+    model = load_model("zoo:squeezenet", input_size=64, store=False)
+    h = make_hints(model, calibration=path, platform=spec)
+    slow, fast = h.ms("emu@0.5", 1), h.ms("emu@1", 1)
+    assert 1.4 < slow.sum() / fast.sum() < 2.8
+    assert 1.3 < float(np.median(slow / fast)) < 3.0
+
+
+def test_refit_reproduces_the_file(quick_emulated):
+    cal = C.load_calibration(quick_emulated[1])
+    again = C.refit(cal)
+    table = C._features(C.QUICK_SWEEP)
+    for t, c in cal.coefficients.items():      # the same up to the rounding of stored times
+        np.testing.assert_allclose(cm.unit_ms(table, again.coefficients[t], 1), cm.unit_ms(table, c, 1), rtol=1e-3)
+
+
+def test_cli_hints_from_calibration(quick_emulated, tmp_path, capsys):
+    spec, path = quick_emulated
+    out = tmp_path / "h.json"
+    assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--platform", spec,
+                 "--calibration", str(path), "-o", str(out)]) == 0
+    h = load_hints(out)
+    assert h.producer["kind"] == "calibration"
+    assert [c["name"] for c in h.clusters] == ["little", "big"]
+
+
+def test_cli_calibrate_json_to_default_place(tmp_path, monkeypatch, capsys):
+    if not TWO_CPUS:
+        pytest.skip("needs two CPUs")
+    monkeypatch.setenv("TUNERD_CACHE_DIR", str(tmp_path))
+    cpu = sorted(os.sched_getaffinity(0))[1]
+    spec = f"emulate:solo={cpu}@0.8"
+    assert main(["calibrate", "--platform", spec, "--quick", "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["coefficients"]) == {"emu@0.8"}
+    assert os.path.exists(report["file"]) and report["file"].startswith(str(tmp_path))
+    # `tunerd hints --platform` finds it there
+    assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--platform", spec]) == 0
+    assert json.loads(capsys.readouterr().out)["producer"]["kind"] == "calibration"

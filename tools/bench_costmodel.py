@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Accuracy of the calibrated cost model on this machine (prints figures; not a test).
+
+Calibrates (a real, full run unless ``--calibration FILE`` is given), then times every unit of the
+five zoo models and the four ONNX light graphs (random weights) on 1 and 2 cores, each in a child
+process pinned as in calibration, and compares with the hints' predictions. The core counts are
+measured side by side (the children take turns, a few frames each) so they see the same load.
+
+Per unit time = the median over frames (``--stat median``, as asked) or the median of the fastest
+tenth of the frames (``--stat fast``: what the machine does when nobody else is running); both are
+printed. Figures: the median absolute percentage error over a model's units, and the error of the
+whole network (sum of units vs the frame time).
+
+    .venv/bin/python tools/bench_costmodel.py [--calibration FILE] [--save-calibration FILE]
+        [--models zoo:alexnet,...] [--frames 15] [--cores 1,2] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tunerd.calibrate import Child, calibrate, load_calibration, robust_ms, save_calibration  # noqa: E402
+from tunerd.hints import make_hints  # noqa: E402
+from tunerd.model import load_model  # noqa: E402
+from tunerd.platform import resolve_platform  # noqa: E402
+
+ZOO = ["zoo:alexnet", "zoo:googlenet", "zoo:mobilenet", "zoo:resnet50", "zoo:squeezenet"]
+LIGHT = ["bvlc_alexnet", "inception_v1", "resnet50", "squeezenet"]
+
+
+def light_models(out_dir: Path) -> list[str]:
+    try:
+        from onnx_cases import light_with_random_weights
+        return [str(light_with_random_weights(name, out_dir)) for name in LIGHT]
+    except Exception as err:  # noqa: BLE001 - onnx missing: the zoo alone still says something
+        print(f"(skipping ONNX light graphs: {err})", file=sys.stderr)
+        return []
+
+
+def measure(source: str, cores: list[int], cpus: list[int], frames: int, chunk: int) -> dict[int, dict]:
+    """Per core count: unit ms and frame ms per frame, core counts taking turns."""
+    children = {n: Child(cpus[:n], n) for n in cores}
+    out = {n: {"unit_ms": [], "total_ms": []} for n in cores}
+    try:
+        for n, child in children.items():     # load + warm up
+            child.request({"kind": "model", "source": source, "runs": 0, "warmup": 2})
+        done = 0
+        while done < frames:
+            k = min(chunk, frames - done)
+            for n, child in children.items():
+                time.sleep(0.02)   # let the other child's idle BLAS threads go to sleep
+                for rec in child.request({"kind": "model", "source": source, "runs": k, "warmup": 0}):
+                    out[n]["unit_ms"].append(rec["unit_ms"])
+                    out[n]["total_ms"].append(rec["total_ms"])
+            done += k
+    finally:
+        for child in children.values():
+            child.close()
+    return out
+
+
+def ape(pred, meas) -> np.ndarray:
+    return np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas) * 100.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibration", help="use this calibration file instead of calibrating now")
+    ap.add_argument("--save-calibration", help="keep the calibration made now in this file")
+    ap.add_argument("--platform", default="auto")
+    ap.add_argument("--models", help="comma-separated sources (default: the zoo five + ONNX light four)")
+    ap.add_argument("--frames", type=int, default=15, help="frames per model and core count")
+    ap.add_argument("--chunk", type=int, default=3, help="frames per turn")
+    ap.add_argument("--cores", default="1,2")
+    ap.add_argument("--json", help="write all figures here")
+    args = ap.parse_args(argv)
+
+    platform = resolve_platform(args.platform)
+    cluster = max(platform.clusters, key=lambda c: c.cores)
+    cores = [int(c) for c in args.cores.split(",") if int(c) <= cluster.cores]
+    t0 = time.time()
+    if args.calibration:
+        cal = load_calibration(args.calibration)
+    else:
+        cal = calibrate(platform, quick=False)
+        if args.save_calibration:
+            save_calibration(cal, args.save_calibration)
+    print(f"calibration: {cal.platform.get('spec')} on {cal.machine.get('cpu', '?')}, {cal.date}, "
+          f"fit {json.dumps(cal.fit)} ({time.time() - t0:.0f} s)")
+    print(f"load average at start: {os.getloadavg()}")
+
+    tmp = tempfile.TemporaryDirectory()
+    sources = args.models.split(",") if args.models else ZOO + light_models(Path(tmp.name))
+    rows = []
+    header = (f"{'model':<14} {'units':>5} {'n':>2} | {'unit MdAPE':>10} {'net err':>8} | "
+              f"{'unit MdAPE':>10} {'net err':>8} | {'pred ms':>9} {'meas ms':>9}")
+    print("\n" + " " * 25 + "|   stat = median       |   stat = fast tenth   |")
+    print(header)
+    print("-" * len(header))
+    for source in sources:
+        model = load_model(source)
+        hints = make_hints(model, calibration=cal, platform=platform)
+        runs = measure(source, cores, list(cluster.cpus), args.frames, args.chunk)
+        name = model.name if source.startswith("zoo:") else "onnx:" + Path(source).stem
+        for n in cores:
+            pred = hints.ms(cluster.core_type, n)
+            units = np.array(runs[n]["unit_ms"])
+            totals = np.array(runs[n]["total_ms"])
+            figures = {}
+            for stat, fn in (("median", np.median), ("fast", robust_ms)):
+                per_unit = np.array([fn(units[:, u]) for u in range(units.shape[1])])
+                net = fn(list(totals)) if stat == "fast" else float(np.median(totals))
+                figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
+                                 "net_err": float(ape(pred.sum(), net)), "meas_ms": float(net),
+                                 "unit_ms": per_unit.round(4).tolist()}
+            rows.append({"model": name, "source": source, "cores": n, "units": len(pred),
+                         "pred_ms": float(pred.sum()), "pred_unit_ms": pred.round(4).tolist(), **figures})
+            m, f = figures["median"], figures["fast"]
+            print(f"{name:<14} {len(pred):>5} {n:>2} | {m['unit_mdape']:>9.1f}% {m['net_err']:>7.1f}% | "
+                  f"{f['unit_mdape']:>9.1f}% {f['net_err']:>7.1f}% | {pred.sum():>9.2f} {f['meas_ms']:>9.2f}")
+            sys.stdout.flush()
+    for stat in ("median", "fast"):
+        for n in cores:
+            sel = [r[stat] for r in rows if r["cores"] == n]
+            print(f"overall ({stat}, {n} core{'s' if n > 1 else ''}): median of per-model unit MdAPE "
+                  f"{np.median([s['unit_mdape'] for s in sel]):.1f}%, worst {max(s['unit_mdape'] for s in sel):.1f}%; "
+                  f"whole-network error median {np.median([s['net_err'] for s in sel]):.1f}%, "
+                  f"worst {max(s['net_err'] for s in sel):.1f}%")
+    print(f"load average at end: {os.getloadavg()}; total {time.time() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"calibration": cal.to_dict(), "rows": rows}, indent=1))
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
