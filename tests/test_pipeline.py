@@ -475,6 +475,7 @@ def test_profiling_feeds_cost_table_and_stats():
         assert 1.9 < table.mean_ms(u, core_type, 1) < 20      # a 2 ms sleep, on a busy machine
     timing = got[-1].stages[1]
     assert timing.stage == 1 and timing.compute_ms > 0 and timing.wait_ms >= 0 and timing.blocked_ms >= 0
+    assert timing.handoff_ms >= 0 and timing.profiling_ms >= 0 and 0 <= timing.cpu_share < 0.5   # it sleeps
     assert all(o.latency > 0 for o in got)
 
 

@@ -20,7 +20,10 @@ For each model, side by side in one run:
                                              [--frames 10] [--repeat 3] [--json FILE|-]
 
 Other processes on the machine disturb every figure; each one is the best of ``--repeat`` windows
-(the least disturbed), and unit costs are the fastest of a few runs. The load average is printed.
+(the least disturbed), and unit costs are the fastest of a few runs. The load average is printed,
+and per stage the CPU share it got while computing (process CPU time / wall time x cores): below
+100% other processes held its cores, which hurts a pipeline (both cores busy) more than a single
+stage (the others move to the idle core).
 
 NOTE: everything runs under ``main()``: spawned stage workers re-import this script as
 ``__mp_main__``, so module level stays light (no numpy before the workers pin themselves).
@@ -179,6 +182,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     row["main_ms_per_frame"] = best["main_ms_per_frame"]
     row["main_pct"] = best["main_overhead_pct"]
     row["latency_ms_median"] = best["latency_ms_median"]
+    row["b_cpu_share"] = [s["cpu_share"] for s in best["stages"]]
 
     log("emulated board")
     alone = run_configs(model, emu_platform, [f"0-{n - 1}@big:1", f"0-{n - 1}@little:1"], args.frames,
@@ -196,6 +200,8 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     emu = max(runs, key=lambda r: r["fps"])
     row["emu_candidates"] = {r["config"]: round(r["fps"], 2) for r in runs}
     row["emu_config"], row["emu_fps"] = emu["config"], emu["fps"]
+    row["emu_cpu_share"] = [s["cpu_share"] for s in emu["stages"]]
+    row["emu_alone_cpu_share"] = [a["stages"][0]["cpu_share"] for a in alone]
     row["emu_over_single"] = emu["fps"] / row["emu_best_single_fps"]
     row["emu_of_ideal"] = emu["fps"] / row["emu_ideal_fps"]
 
@@ -232,6 +238,10 @@ def fmt(v, spec=".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def shares(values) -> str:
+    return "/".join("-" if v is None else f"{v:.0%}" for v in values)
+
+
 def print_table(rows: list[dict], args) -> None:
     cols = [("model", "model", "s"), ("a 2T", "a_single_2t_fps", ".1f"), ("1T", "single_1t_fps", ".1f"),
             ("b 1+1", "b_fps", ".1f"), ("b/a", "b_over_a", ".2f"),
@@ -261,7 +271,9 @@ def print_table(rows: list[dict], args) -> None:
         print(f"{r['model']}: (b) {r['b_config']}  (c) {r['emu_config']}  "
               f"latency {fmt(r['latency_ms_median'])} ms  hand-off {fmt(r['handoff_pct'], '.2f')}% "
               f"profiling {fmt(r['profiling_pct'], '.2f')}% of the bottleneck; main "
-              f"{fmt(r['main_ms_per_frame'], '.2f')} ms/frame")
+              f"{fmt(r['main_ms_per_frame'], '.2f')} ms/frame; CPU share while computing: (b) "
+              f"{shares(r['b_cpu_share'])}, (c) {shares(r['emu_cpu_share'])}, alone "
+              f"{shares(r['emu_alone_cpu_share'])}")
 
 
 def main(argv=None) -> int:

@@ -82,6 +82,8 @@ class StageTiming:
     profiling_ms: float
     freq: int | float | None
     sampled: bool = False                # per-unit times were taken (run_timed) on this frame
+    cpu_share: float | None = None       # CPU time / (wall x cores) while computing: < 1 when other
+    #                                      processes held the stage's cores (None: not computed)
 
 
 @dataclass
@@ -675,8 +677,8 @@ class Pipeline:
         if ep.end is None or seq + self.ring_slots < ep.end:
             last = ep.roles[-1]
             self._send(last[(k + self.ring_slots) % len(last)], ("R", epoch, seq))
-        stages = tuple(StageTiming(s, r, 1000 * c, 1000 * wt, 1000 * b, 1000 * h, 1000 * p, f, u is not None)
-                       for s, r, c, wt, b, h, p, f, u in timings)
+        stages = tuple(StageTiming(s, r, 1000 * c, 1000 * wt, 1000 * b, 1000 * h, 1000 * p, f, u is not None, q)
+                       for s, r, c, wt, b, h, p, f, u, q in timings)
         latency = now - rec.t_submit
         rec.outcome = Outcome(rec.frame_id, err is None, out, epoch, err, latency, stages, rec.attempts)
         rec.array = None
@@ -698,7 +700,7 @@ class Pipeline:
 
     def _learn(self, ep: _Epoch, timings: tuple) -> None:
         """Per-unit times of a sampled frame into the cost table."""
-        for s, _, _, _, _, _, _, freq, unit_s in timings:
+        for s, _, _, _, _, _, _, freq, unit_s, _ in timings:
             if unit_s:
                 stage = ep.config.stages[s]
                 core_type = self.platform.cluster(stage.cluster).core_type

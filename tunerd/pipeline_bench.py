@@ -62,6 +62,7 @@ def summarize(config, outcomes: list) -> dict[str, Any]:
                        "wait_ms": _mean(t.wait_ms for t in rows), "blocked_ms": _mean(t.blocked_ms for t in rows),
                        "handoff_ms": _mean(t.handoff_ms for t in rows),
                        "profiling_ms": _mean(t.profiling_ms for t in rows) or 0.0,
+                       "cpu_share": _mean(t.cpu_share for t in rows if t.cpu_share is not None),
                        "period_ms": compute / st.replicas})
     b = int(np.argmax([s["period_ms"] for s in stages]))
     period = stages[b]["period_ms"]

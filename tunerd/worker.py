@@ -337,12 +337,12 @@ class StageWorker:
         wait_s, blocked_s = w1 - w0, w2 - w1
         handoff = cpu_clock() - u0 - (self.ctl_cpu - cc0)     # receiving, unpickling, bookkeeping
         slot = role.k % role.n_slots
-        unit_s, compute, prof, freq = None, 0.0, 0.0, None
+        unit_s, compute, prof, freq, share = None, 0.0, 0.0, None, None
         if err is None:
             x = role.in_ring.view(slot, spec["in_shape"])
             y = role.out_ring.view(slot, spec["out_shape"])
             sample = spec["profile_every"] > 0 and seq % spec["profile_every"] == 0
-            tc = clock()
+            tc, pc = clock(), time.process_time()
             try:
                 if not role.direct:
                     result, unit_s = role.plan.run_timed(x) if sample else (role.plan.run(x), None)
@@ -354,6 +354,7 @@ class StageWorker:
             except Exception as e:  # a kernel failure fails this frame only, and travels with it
                 err = f"stage {role.stage} (units {spec['first']}-{spec['last']}): {type(e).__name__}: {e}"
             compute = clock() - tc
+            share = (time.process_time() - pc) / (compute * self.threads) if compute > 0 else 1.0
             if unit_s is not None:
                 prof += (len(unit_s) + 1) * self.clock_cost
             if spec["emulated"]:
@@ -375,7 +376,7 @@ class StageWorker:
         self._release(role, seq)
         # NOTE: a record cannot hold the time to send itself: the previous output's send is carried
         handoff += cpu_clock() - u3 + self._carry
-        record = (role.stage, role.replica, compute, wait_s, blocked_s, handoff, prof, freq, unit_s)
+        record = (role.stage, role.replica, compute, wait_s, blocked_s, handoff, prof, freq, unit_s, share)
         u4 = cpu_clock()
         self._send_output(role, seq, err, timings + (record,))
         self._carry = cpu_clock() - u4
