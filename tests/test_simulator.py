@@ -11,7 +11,7 @@ from tunerd.commands import simulate
 from tunerd.errors import ConfigError, HintsError
 from tunerd.genome import GenomeSpace
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.simulator import SimulatedBoard, run_simulation, synthetic_table
+from tunerd.simulator import SimulatedBoard, contention_alphas, run_simulation, synthetic_table
 
 BOARD = {"name": "hikey-like", "interconnect_gbs": 3.0, "note": "extra fields are kept", "clusters": [
     {"name": "little", "core_type": "A53", "cores": 4, "freq_mhz": 1800, "gflops_per_core": 3.6, "bandwidth_gbs": 4.0},
@@ -119,7 +119,12 @@ def test_shared_bandwidth_and_interconnect_cost_throughput():
     one = parse_config("0-9@big:4")
     four = parse_config("0-9@big:1x4")
     assert shared.true_fps(one) == pytest.approx(free.true_fps(one))
-    assert shared.true_fps(four) == pytest.approx(free.true_fps(four) / (1 + 3 * 0.4 / 8.0))
+    assert shared.true_fps(four) == pytest.approx(free.true_fps(four) / (1 + 3 * 0.4))
+    # relative to the best-connected cluster, capped at 4x
+    assert contention_alphas(BOARD, 0.05) == {"little": pytest.approx(0.1), "big": pytest.approx(0.05)}
+    starved = json.loads(json.dumps(BOARD))
+    starved["clusters"][0]["bandwidth_gbs"] = 0.1
+    assert contention_alphas(starved, 0.05)["little"] == pytest.approx(0.2)
     split = parse_config("0-4@big:4 | 5-9@little:4")
     slow_link = SimulatedBoard({**BOARD, "interconnect_gbs": 0.01}, table, seed=0)
     assert slow_link.true_fps(split) < free.true_fps(split)

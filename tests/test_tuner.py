@@ -62,12 +62,14 @@ def test_ask_tell_lifecycle_and_budget():
     config, fps = tuner.best
     assert fps == max(np.mean(v) for v in tuner.measured.values())
     for h in tuner.history:
-        assert set(h) >= {"index", "config", "fps", "time", "state", "predicted_fps"}
+        assert set(h) >= {"index", "config", "fps", "time", "state", "predicted_fps", "reason"}
+        assert h["reason"] in {"hints", "first", "exploit", "re-measure", "explore", "near-tie"}
         validate(parse_config(h["config"]), 10, tuner.clusters)
     assert [h["index"] for h in tuner.history] == list(range(1, len(tuner.history) + 1))
     status = tuner.status()
     assert status["state"] == "converged" and status["best"]["config"] == str(config)
     assert len(asked) == tuner.evaluations
+    assert tuner.history[0]["reason"] == "hints"
 
 
 def test_tell_validates_its_input():
@@ -168,6 +170,18 @@ def test_same_seed_same_search():
         return _drive(tuner, SimulatedBoard(HIKEY, tuner.cost.predicted, seed=1), 20)
 
     assert run(3) == run(3)
+
+
+def test_a_space_of_one_config_converges():
+    from tunerd.pipeconfig import ClusterSpec
+    for use_hints in (True, False):
+        tuner = Tuner([ClusterSpec("c", "X", 1)], UnitCostTable({"X": [[5.0]]}, [1.0]), budget=10,
+                      use_hints=use_hints)
+        told = 0
+        while (config := tuner.ask()) is not None:
+            tuner.tell(config, 100.0 + told, unit_times=[5.0])
+            told += 1
+        assert tuner.converged and str(tuner.best[0]) == "0-0@c:1" and told == 2
 
 
 def test_elites_are_re_measured():

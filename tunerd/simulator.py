@@ -7,7 +7,7 @@ shared memory bandwidth, and scheduled frequency changes.
 - **Measurements**: fps and each unit's ms carry independent ``noise`` (relative, Gaussian).
 - **Interconnect**: a cut between clusters moves the bytes crossing it at ``interconnect_gbs``.
 - **Shared bandwidth**: workers (stages x replicas) sharing a cluster slow each other by
-  ``contention / bandwidth_gbs`` per extra worker (see :mod:`tunerd.throughput`).
+  ``contention_alphas(board, contention)`` per extra worker (see :mod:`tunerd.throughput`).
 - **DVFS**: ``dvfs_schedule=[(at_window, cluster, factor)]`` sets the cluster's speed to ``factor``
   of nominal at that measurement window.
 
@@ -17,7 +17,6 @@ exhaustive optimum, how fast, and how much throughput it served while searching.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -30,20 +29,27 @@ from .pipeconfig import PipelineConfig, validate
 from .throughput import PipelineModel, UnitCostTable
 from .tuner import Tuner
 
-__all__ = ["SimulatedBoard", "run_simulation", "drive", "synthetic_table", "contention_prior",
+__all__ = ["SimulatedBoard", "run_simulation", "drive", "synthetic_table", "contention_prior", "contention_alphas",
            "DEFAULT_CONTENTION", "DEFAULT_CONTENTION_PRIOR"]
 
-# Slowdown per extra worker on a cluster, times 1 GB/s over the cluster's bandwidth:
-# 0.2 gives +5% per extra worker at 4 GB/s, +2.5% at 8 GB/s.
-DEFAULT_CONTENTION = 0.2
+# Slowdown per extra worker on the board's best-connected cluster; a cluster with less memory
+# bandwidth suffers in proportion (capped at 4x): relative, so it does not depend on what the
+# board file's bandwidth figures measure. On the example board of DESIGN.md: big +5%, little +10%.
+DEFAULT_CONTENTION = 0.05
 # What the tuner is told to expect (the same law, half as strong): a calibration would give a
 # figure of this kind; the tuner learns the true one from what it measures.
-DEFAULT_CONTENTION_PRIOR = 0.1
+DEFAULT_CONTENTION_PRIOR = 0.025
+
+
+def contention_alphas(board: Mapping, coefficient: float = DEFAULT_CONTENTION) -> dict[str, float]:
+    """Per-cluster slowdown per extra worker: ``coefficient`` x (best bandwidth / own, at most 4)."""
+    best = max(float(c["bandwidth_gbs"]) for c in board["clusters"])
+    return {c["name"]: coefficient * min(4.0, best / float(c["bandwidth_gbs"])) for c in board["clusters"]}
 
 
 def contention_prior(board: Mapping, coefficient: float = DEFAULT_CONTENTION_PRIOR) -> dict[str, float]:
-    """Per-cluster contention prior for the tuner from the board's bandwidths."""
-    return {c["name"]: coefficient / float(c["bandwidth_gbs"]) for c in board["clusters"]}
+    """Per-cluster contention prior for the tuner: the simulator's law at ``coefficient``."""
+    return contention_alphas(board, coefficient)
 
 
 def synthetic_table(board: Mapping, n_units: int, *, seed: int = 0) -> UnitCostTable:
@@ -78,6 +84,7 @@ class SimulatedBoard:
                  contention: float = DEFAULT_CONTENTION, optimum_cache: dict | None = None) -> None:
         self.board = load_board(board)
         self.clusters = board_clusters(self.board)
+        table = UnitCostTable.from_hints(table)
         self.interconnect_gbs = float(self.board["interconnect_gbs"])
         table.check_clusters(self.clusters)
         if sigma < 0 or noise < 0:
@@ -92,7 +99,7 @@ class SimulatedBoard:
             z = 0.8 * per_unit[:, None] + 0.5 * rng.standard_normal((n, 1)) + 0.3 * rng.standard_normal(ms.shape)
             true[t] = ms * np.exp(sigma * z)
         self.true_table = UnitCostTable(true, table.out_bytes.copy())
-        self.contention = {c["name"]: contention / float(c["bandwidth_gbs"]) for c in self.board["clusters"]}
+        self.contention = contention_alphas(self.board, contention)
         self.speeds = {c.name: 1.0 for c in self.clusters}
         self.schedule = sorted((int(a), str(c), float(f)) for a, c, f in (dvfs_schedule or []))
         for _at, name, factor in self.schedule:
@@ -213,6 +220,7 @@ def drive(sim: SimulatedBoard, searcher: Any, *, budget: int, max_windows: int |
             "best_config": str(best[0]) if best else None,
             "best_true_fps": sim.model().fps(best[0]) if best else None,
             "state": getattr(searcher, "state", None),
+            "reason": (searcher.history[-1].get("reason") if getattr(searcher, "history", None) else None),
         })
         window += 1
     phases[-1].final_best_true = _best_true(sim, searcher)
@@ -251,6 +259,7 @@ def run_simulation(board: Mapping | str, table: UnitCostTable, *, budget: int = 
     Returns at least ``found_fps``, ``optimum_fps``, ``evaluations``, ``evaluations_to_95``,
     ``config`` and ``history``; with a DVFS event also ``retune`` (the same figures after it).
     """
+    table = UnitCostTable.from_hints(table)
     sim = SimulatedBoard(board, table, seed=seed, sigma=sigma, noise=noise, dvfs_schedule=dvfs_schedule,
                          contention=contention)
     kwargs = {"contention": contention_prior(sim.board, prior), **dict(tuner_kwargs or {})}

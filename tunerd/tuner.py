@@ -24,7 +24,7 @@ What makes it evaluate few, well-chosen configs:
   and its mean estimate is within ``explore_floor`` of it.
 
 It converges when the best measured fps has not improved by ``gain_threshold`` for ``patience``
-generations that evaluated something, when ``idle_patience`` generations in a row found nothing
+generations that evaluated a new config (re-measurements do not count), when ``idle_patience`` generations in a row found nothing
 worth evaluating, or when the episode's budget is spent. ``retune(speed_factors)`` warm-starts a
 new episode from the population and the cost table scaled to the new frequencies.
 """
@@ -202,10 +202,13 @@ class CostTable:
         spread = math.sqrt((float((all_resid ** 2).sum()) + self.PRIOR_WEIGHT * self.SD_PRIOR ** 2)
                            / (all_resid.size + self.PRIOR_WEIGHT))
         # the spread of a cell around its unit and core type's mean, over cells measured at 2+ counts
-        dev = [(log_ratio[t] - r_ut[t][:, None])[measured[t] & (n_ut[t] >= 2)[:, None]] for t in pred]
-        dev = np.concatenate(dev)
-        k_spread = math.sqrt((float((dev ** 2).sum()) + self.PRIOR_WEIGHT * self.SD_OTHER_CORES ** 2)
-                             / (dev.size + self.PRIOR_WEIGHT))
+        # (a deviation from the mean of m cells has variance s^2 (1 - 1/m): count it so)
+        dev2, dof = 0.0, 0.0
+        for t in pred:
+            multi = measured[t] & (n_ut[t] >= 2)[:, None]
+            dev2 += float(((log_ratio[t] - r_ut[t][:, None])[multi] ** 2).sum())
+            dof += float((1.0 - 1.0 / np.broadcast_to(n_ut[t][:, None], multi.shape)[multi]).sum())
+        k_spread = math.sqrt((dev2 + self.PRIOR_WEIGHT * self.SD_OTHER_CORES ** 2) / (dof + self.PRIOR_WEIGHT))
         self.learnt = {"rho": rho, "spread": spread, "k_spread": k_spread}
         out, self._sd = {}, {}
         for t, ms in pred.items():
@@ -257,18 +260,28 @@ class CostTable:
 
 
 class Tuner:
-    """Ask/tell online tuner (see the module docstring)."""
+    """Ask/tell online tuner (see the module docstring).
 
-    def __init__(self, clusters: Sequence[Any], table: UnitCostTable, *, rng_seed: int = 0,
+    ``table`` is the predicted UnitCostTable (or a hints object with ``.predicted_ms`` and
+    ``.out_bytes``); ``contention`` an optional prior of the bandwidth-sharing slowdown per extra
+    worker, per cluster name (learnt online); ``budget`` live evaluations per tuning episode and
+    ``retune_budget`` per retuning episode.
+    """
+
+    def __init__(self, clusters: Sequence[Any], table: UnitCostTable | Any, *, rng_seed: int = 0,
                  budget: int = 60, interconnect_gbs: float | None = None, use_hints: bool = True,
                  population_size: int = 16, offspring_size: int = 24, evals_per_generation: int = 1,
                  promise: float = 1.01, gain_threshold: float = 0.005, patience: int = 5,
                  idle_patience: int = 3, min_best_samples: int = 2, max_stages: int | None = None,
                  dse_top_k: int = 6, random_seeds: int = 4, retune_budget: int | None = None,
                  contention: Mapping[str, float] | None = None, noise_prior: float = 0.03,
-                 explore_kappa: float = 1.5, explore_floor: float = 0.9, explore_top_k: int = 3,
+                 explore_kappa: float = 1.5, explore_floor: float = 0.8, explore_top_k: int = 3,
+                 near_tie: float = 0.97,
                  clock: Callable[[], float] | None = None) -> None:
         self.clusters = as_cluster_specs(clusters)
+        if interconnect_gbs is None:  # hints know their board's interconnect
+            interconnect_gbs = getattr(table, "interconnect_gbs", None)
+        table = UnitCostTable.from_hints(table)
         table.check_clusters(self.clusters)
         if budget < 1:
             raise ConfigError(f"budget must be >= 1, got {budget}")
@@ -282,7 +295,7 @@ class Tuner:
             retune_budget=int(retune_budget) if retune_budget else max(10, budget // 2),
             contention=dict(contention) if contention else None, noise_prior=float(noise_prior),
             explore_kappa=float(explore_kappa), explore_floor=float(explore_floor),
-            explore_top_k=int(explore_top_k),
+            explore_top_k=int(explore_top_k), near_tie=float(near_tie),
         )
         by_name = {c.name: c for c in self.clusters}
         for name in (contention or {}):
@@ -311,9 +324,11 @@ class Tuner:
         self._stale = 0
         self._idle = 0
         self._queued_last = False
+        self._searched_last = False
         self._model: PipelineModel | None = None
         self._dse_cache: dict[str, tuple[Any, list[PipelineConfig]]] = {}
         self._dse_last: dict[str, list[str]] = {}
+        self._reasons: dict[str, str] = {}  # why each queued config is to be evaluated
         self._optimistic_model: PipelineModel | None = None
 
     # -- public API ------------------------------------------------------------------------------
@@ -385,7 +400,7 @@ class Tuner:
             self.episode_evaluations += 1
         self.history.append({"index": self.evaluations, "config": key, "fps": fps,
                              "predicted_fps": predicted, "time": self.clock(), "state": self.state,
-                             "generation": self.generation})
+                             "generation": self.generation, "reason": self._reasons.pop(key, "told")})
         if self.state in states.SEARCHING and self.episode_evaluations >= self.episode_budget:
             self._converge()
 
@@ -506,7 +521,7 @@ class Tuner:
             seeds += [self.space.random_genome(self.rng) for _ in range(p["random_seeds"])]
             self.population = self._dedupe(seeds)
             # the first live evaluation is the DSE's best on the predictions
-            self.queue = [self.space.key(seeds[0])]
+            self.queue = self._why([self.space.key(seeds[0])], "hints")
         else:
             pop = []
             for _ in range(p["population_size"] * 4):
@@ -515,8 +530,8 @@ class Tuner:
                 pop = self._dedupe(pop + [self.space.random_genome(self.rng)])
             self.population = []
             self.pending = pop
-            self.queue = [self.space.key(g) for g in pop]
-        self._queued_last = True
+            self.queue = self._why([self.space.key(g) for g in pop], "random")
+        self._queued_last = self._searched_last = True
 
     def _dedupe(self, genomes: Sequence[Genome]) -> list[Genome]:
         seen, out = set(), []
@@ -608,17 +623,25 @@ class Tuner:
             chosen = self._choose(candidates, p["evals_per_generation"], model)
         else:
             candidates = self._dedupe(self._vary(self.population, p["offspring_size"]))
-            chosen = self._elites_to_remeasure()
-            chosen += [self.space.key(g) for g in candidates if self.space.key(g) not in self.measured]
+            chosen = self._why(self._elites_to_remeasure(), "re-measure")
+            chosen += self._why([self.space.key(g) for g in candidates if self.space.key(g) not in self.measured],
+                                "offspring")
         self.pending = candidates
         self.queue.extend(k for k in dict.fromkeys(chosen) if k not in self.queue)
         self._queued_last = bool(chosen)
+        # re-measurements only firm up what is known: they do not use up the patience
+        self._searched_last = any(self._reasons.get(k) != "re-measure" for k in chosen)
 
     def _choose(self, candidates: Sequence[Genome], room: int, model: PipelineModel) -> list[str]:
-        """Exploit: unmeasured candidates the surrogate expects to beat the incumbent, best first.
-        Failing that, re-measure the incumbent or a close contender (see _elites_to_remeasure).
-        Failing that, explore: the candidate with the best optimistic estimate, if that beats the
-        incumbent and its mean estimate is at least ``explore_floor`` of the incumbent's."""
+        """What to evaluate live, first rule that yields (see the module docstring):
+
+        1. exploit: unmeasured candidates the surrogate expects to beat the incumbent by ``promise``;
+        2. re-measure the incumbent or a close contender (see _elites_to_remeasure);
+        3. explore: of the candidates whose optimistic estimate beats the incumbent's own and
+           whose mean estimate is at least ``explore_floor`` of the incumbent's, the best mean;
+        4. refine: near-ties, mean estimate within ``near_tie`` of the incumbent's, best first
+           (the surrogate cannot tell them apart; the stale patience bounds how many).
+        """
         p = self.params
         if room <= 0:
             return []
@@ -629,25 +652,36 @@ class Tuner:
         chosen = [self.space.key(g) for g in fresh
                   if g.fitness.values[0] >= p["promise"] * ref][:room]
         if chosen or best is None:
-            return chosen
+            return self._why(chosen, "exploit" if best is not None else "first")
         chosen = self._elites_to_remeasure()[:room]
         if chosen:
-            return chosen
+            return self._why(chosen, "re-measure")
         optimistic = self.optimistic_surrogate()
         keys = {self.space.key(g) for g in fresh}
         for g in self._dse(p["explore_top_k"], optimistic=True):
             if self.space.key(g) not in keys and self.space.key(g) not in self.measured:
                 g.fitness.values = (self._fitness(g, model),)
                 fresh.append(g)
+        # optimism that the incumbent shares (its own measured cells) is no reason to explore
+        bar = max(ref, optimistic.fps(parse_config(best))) * (1 + p["gain_threshold"])
         scored = []
         for g in fresh:
             if g.fitness.values[0] < p["explore_floor"] * ref:
                 continue
             ucb = optimistic.fps(self.space.to_config(g))
-            if ucb > ref * (1 + p["gain_threshold"]):
-                scored.append((ucb, self.space.key(g)))
+            if ucb > bar:
+                # the safest of those that could win: best mean estimate first
+                scored.append((g.fitness.values[0], ucb, self.space.key(g)))
         scored.sort(reverse=True)
-        return [key for _ucb, key in scored[:1]]
+        if scored:
+            return self._why([key for _mean, _ucb, key in scored[:room]], "explore")
+        return self._why([self.space.key(g) for g in fresh if g.fitness.values[0] >= p["near_tie"] * ref][:room],
+                         "near-tie")
+
+    def _why(self, keys: list[str], reason: str) -> list[str]:
+        for key in keys:
+            self._reasons[key] = reason
+        return keys
 
     def _bookkeep(self) -> None:
         """Convergence: no gain for `patience` evaluating generations, or `idle_patience` idle ones."""
@@ -657,7 +691,7 @@ class Tuner:
         if current > self._ref_best * (1 + p["gain_threshold"]):
             self._ref_best = current
             self._stale = 0
-        elif self._queued_last:
+        elif self._searched_last:
             self._stale += 1
         self._idle = 0 if self._queued_last else self._idle + 1
         needs_samples = bool(self._elites_to_remeasure())
@@ -685,8 +719,9 @@ class Tuner:
             "evaluations": self.evaluations, "episode_evaluations": self.episode_evaluations,
             "episode_budget": self.episode_budget, "generation": self.generation,
             "retunes": self.retunes, "ref_best": self._ref_best, "stale": self._stale,
-            "idle": self._idle, "queued_last": self._queued_last,
+            "idle": self._idle, "queued_last": self._queued_last, "searched_last": self._searched_last,
             "dse_last": {k: list(v) for k, v in self._dse_last.items()},
+            "reasons": dict(self._reasons),
             "rng": [version, list(internal), gauss],
         }
 
@@ -701,7 +736,6 @@ class Tuner:
             params = dict(data["params"])
             seed = params.pop("rng_seed")
             tuner = cls(clusters, cost.predicted, rng_seed=seed, clock=clock, **params)
-            tuner.params["retune_budget"] = params["retune_budget"]
             tuner.cost = cost
             tuner.speeds = {k: float(v) for k, v in data["speeds"].items()}
             tuner.state, tuner._before_pin, tuner.pinned = data["state"], data["before_pin"], data["pinned"]
@@ -714,7 +748,9 @@ class Tuner:
                 setattr(tuner, name, int(data[name]))
             tuner._ref_best, tuner._stale, tuner._idle = float(data["ref_best"]), int(data["stale"]), int(data["idle"])
             tuner._queued_last = bool(data["queued_last"])
+            tuner._searched_last = bool(data["searched_last"])
             tuner._dse_last = {k: list(v) for k, v in data.get("dse_last", {}).items()}
+            tuner._reasons = dict(data.get("reasons", {}))
             version, internal, gauss = data["rng"]
             tuner.rng.setstate((version, tuple(internal), gauss))
         except (KeyError, TypeError, ValueError) as err:
