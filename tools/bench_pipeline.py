@@ -70,7 +70,7 @@ def two_stage(cut: int, n: int, first: str, second: str) -> str:
 
 
 def run_configs(model, platform, configs: list[str], frames: int, warmup: int, sysfs_root: str,
-                repeat: int) -> list[dict]:
+                repeat: int, opener=None) -> list[dict]:
     """Each config in turn on one pipeline (reconfigured between them, no new processes); per
     config the best of ``repeat`` windows of ``frames`` frames."""
     import numpy as np
@@ -79,7 +79,7 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
     from tunerd.pipeline_bench import measure
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     results = []
-    with Pipeline(model, configs[0], platform, sysfs_root=sysfs_root) as pipe:
+    with Pipeline(model, configs[0], platform, sysfs_root=sysfs_root, opener=opener) as pipe:
         next_id = 0
         for text in configs:
             if text != str(pipe.config):
@@ -96,14 +96,15 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
     return results
 
 
-def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs_root: str) -> list[dict]:
+def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs_root: str,
+                opener=None) -> list[dict]:
     """Stream continuously on ``a``; switch to ``b`` and back, twice, while the pipeline is full."""
     import numpy as np
 
     from tunerd.pipeline import Pipeline
     from tunerd.pipeline_bench import stream
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
-    with Pipeline(model, a, platform, sysfs_root=sysfs_root) as pipe:
+    with Pipeline(model, a, platform, sysfs_root=sysfs_root, opener=opener) as pipe:
         stream(pipe, x, warmup)
         at = {frames: b, 2 * frames: a, 3 * frames: b, 4 * frames: a}
 
@@ -224,6 +225,83 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     return row
 
 
+# --- the mechanism alone: a synthetic model whose units sleep ------------------------------------
+class SleepModel:
+    """``sleep:UNITS:MS``: units that each sleep MS ms (no CPU used, so other processes on the
+    machine cannot distort it): what the executor and the emulation add, and nothing else."""
+
+    name = "synthetic"
+
+    def __init__(self, path: str):
+        from dataclasses import make_dataclass
+        _, n, ms = path.split(":")
+        self.path, self.sleep_s, n = path, float(ms) / 1000, int(n)
+        unit = make_dataclass("Unit", ["index", "input", "output"])
+        self.units = [unit(i, f"t{i}", f"t{i + 1}") for i in range(n)]
+        self.shapes = {f"t{i}": (1, 16) for i in range(n + 1)}
+        self.input_shape = self.output_shape = (1, 16)
+
+    def plan(self, first: int, last: int):
+        return SleepPlan(self.sleep_s, last - first + 1)
+
+
+class SleepPlan:
+    def __init__(self, sleep_s: float, units: int):
+        self.sleep_s, self.units = sleep_s, units
+
+    def run_timed(self, x, out=None, clock=time.perf_counter):
+        times = []
+        for _ in range(self.units):
+            t0 = clock()
+            time.sleep(self.sleep_s)
+            times.append(clock() - t0)
+        if out is not None:
+            out[...] = x
+        return (out if out is not None else x), times
+
+    def run(self, x, out=None):
+        return self.run_timed(x, out)[0]
+
+
+def open_sleep_model(path: str) -> SleepModel:
+    return SleepModel(path)
+
+
+def bench_synthetic(spec: str, args, emu_platform, emu_root: str) -> dict:
+    """The emulated-board comparisons and the switch cost on a SleepModel."""
+    model = SleepModel(f"sleep:{spec}")
+    n = len(model.units)
+    run = (lambda configs: run_configs(model, emu_platform, configs, args.frames, args.warmup, emu_root,
+                                       args.repeat, opener=open_sleep_model))
+    alone = run([f"0-{n - 1}@big:1", f"0-{n - 1}@little:1"])
+    row = {"model": f"sleep:{spec}", "emu_big_fps": alone[0]["fps"], "emu_little_fps": alone[1]["fps"]}
+    row["emu_best_single_fps"] = max(row["emu_big_fps"], row["emu_little_fps"])
+    row["emu_ideal_fps"] = row["emu_big_fps"] + row["emu_little_fps"]
+    speed = {c.name: c.speed for c in emu_platform.clusters}
+    ranked = [text for _, text in sorted(
+        [(ms, two_stage(c, n, "big", "little")) for ms, c in ranked_cuts([1.0] * n, 1 / speed["big"], 1 / speed["little"])]
+        + [(ms, two_stage(c, n, "little", "big")) for ms, c in ranked_cuts([1.0] * n, 1 / speed["little"], 1 / speed["big"])])]
+    runs = run(ranked[:2])
+    best = max(runs, key=lambda r: r["fps"])
+    row.update({"emu_config": best["config"], "emu_fps": best["fps"],
+                "emu_over_single": best["fps"] / row["emu_best_single_fps"],
+                "emu_of_ideal": best["fps"] / row["emu_ideal_fps"], "b_bottleneck_ms": best["bottleneck_period_ms"],
+                "overhead_pct": best["handoff_overhead_pct"] + best["profiling_overhead_pct"],
+                "main_pct": best["main_overhead_pct"]})
+    # the runner-up with the clusters in the same order: a moved cut (swapping clusters would make
+    # each worker wait for the other's old frames before it can start its new role)
+    order = (lambda text: [part.split("@")[1] for part in text.split(" | ")])
+    other = next(t for t in ranked[1:] if order(t) == order(best["config"]))
+    switches = switch_cost(model, emu_platform, best["config"], other, args.frames, args.warmup, emu_root,
+                           opener=open_sleep_model)
+    import numpy as np
+    row["switches"] = switches
+    row["switch_gap_ms"] = float(np.median([s["output_gap_ms"] for s in switches]))
+    row["switch_request_to_out_ms"] = float(np.median([s["request_to_first_out_ms"] for s in switches]))
+    row["switch_over_bottleneck"] = row["switch_gap_ms"] / row["b_bottleneck_ms"]
+    return row
+
+
 def verdicts(row: dict) -> dict:
     ok = {}
     for key, target in TARGETS.items():
@@ -256,7 +334,7 @@ def print_table(rows: list[dict], args) -> None:
         marks = verdicts(r)
         line = []
         for _, key, spec in cols:
-            cell = str(r[key]) if spec == "s" else fmt(r.get(key), spec)
+            cell = str(r.get(key, "-")) if spec == "s" else fmt(r.get(key), spec)
             if key in marks and not marks[key]:
                 cell += "!"
             line.append(cell)
@@ -268,6 +346,9 @@ def print_table(rows: list[dict], args) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
     print()
     for r in rows:
+        if "b_config" not in r:
+            print(f"{r['model']}: (c) {r['emu_config']} (units sleep: no CPU used, no contention)")
+            continue
         print(f"{r['model']}: (b) {r['b_config']}  (c) {r['emu_config']}  "
               f"latency {fmt(r['latency_ms_median'])} ms  hand-off {fmt(r['handoff_pct'], '.2f')}% "
               f"profiling {fmt(r['profiling_pct'], '.2f')}% of the bottleneck; main "
@@ -284,6 +365,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="windows per figure, the best kept (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
     parser.add_argument("--candidates", type=int, default=3, help="cuts tried per pipeline (default 3)")
+    parser.add_argument("--synthetic", metavar="UNITS:MS", default="12:4",
+                        help="also run (c) and (f) on a model of UNITS units that sleep MS ms each (default "
+                             "12:4; 'none' to skip): the executor's own figures, free of CPU contention")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': stdout)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -304,6 +388,9 @@ def main(argv=None) -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} at start", file=sys.stderr)
         for name in models:
             rows.append(bench_model(name, args, emu, emu_root))
+        if args.synthetic != "none":
+            print(f"  sleep:{args.synthetic}: emulated board and switches", file=sys.stderr, flush=True)
+            rows.append(bench_synthetic(args.synthetic, args, emu, emu_root))
     print_table(rows, args)
     report = {"input_size": args.input_size, "frames": args.frames, "warmup": args.warmup,
               "repeat": args.repeat,

@@ -96,6 +96,7 @@ class Outcome:
     latency: float = 0.0                 # seconds from submit to the output reaching this process
     stages: tuple[StageTiming, ...] = ()
     attempts: int = 1
+    done_at: float = 0.0                 # time.perf_counter() when it reached this process
 
 
 @dataclass(eq=False)
@@ -680,7 +681,7 @@ class Pipeline:
         stages = tuple(StageTiming(s, r, 1000 * c, 1000 * wt, 1000 * b, 1000 * h, 1000 * p, f, u is not None, q)
                        for s, r, c, wt, b, h, p, f, u, q in timings)
         latency = now - rec.t_submit
-        rec.outcome = Outcome(rec.frame_id, err is None, out, epoch, err, latency, stages, rec.attempts)
+        rec.outcome = Outcome(rec.frame_id, err is None, out, epoch, err, latency, stages, rec.attempts, now)
         rec.array = None
         if err is None:
             self.frames_done += 1
@@ -708,8 +709,9 @@ class Pipeline:
                     self.cost_table.add(stage.first + j, core_type, stage.cores, freq, 1000 * t)
 
     def _fail(self, rec: _Record, error: str) -> None:
-        rec.outcome = Outcome(rec.frame_id, False, None, rec.epoch, error, clock() - rec.t_submit,
-                              (), rec.attempts)
+        now = clock()
+        rec.outcome = Outcome(rec.frame_id, False, None, rec.epoch, error, now - rec.t_submit, (),
+                              rec.attempts, now)
         rec.array = None
         self.frames_failed += 1
 

@@ -26,8 +26,8 @@ from .platform import resolve_platform
 
 def stream(pipe, x: np.ndarray, count: int, *, first_id: int = 0, poll_s: float = 0.05,
            on_submit=None) -> list:
-    """Keep ``pipe`` full with ``count`` copies of ``x``; return the outcomes (each with the
-    ``time.perf_counter()`` it was received as ``received``). ``on_submit(i)`` runs before frame i."""
+    """Keep ``pipe`` full with ``count`` copies of ``x``; return the outcomes (``received``: when
+    each reached the main process, its ``done_at``). ``on_submit(i)`` runs before frame i."""
     outcomes: list = []
     sent = 0
     while len(outcomes) < count:
@@ -38,9 +38,8 @@ def stream(pipe, x: np.ndarray, count: int, *, first_id: int = 0, poll_s: float 
                 break
             sent += 1
         got = pipe.poll(poll_s)
-        now = time.perf_counter()
         for o in got:
-            o.received = now
+            o.received = o.done_at
             if not o.ok:
                 raise ConfigError(f"frame {o.frame_id} failed: {o.error}")
         outcomes += got
