@@ -65,9 +65,10 @@ def test_conv_features_count_im2col_and_gemm_dims():
     t = features("conv", (16, 32, 14, 3, 1, 1))
     m, n, k = t.gemm[0]
     assert (m, n, k) == (32, 14 * 14, 16 * 9)
-    acts = 4 * (16 * 14 * 14 + 32 * 14 * 14)
-    assert t.bytes[0] == acts + 2 * 4 * 16 * 9 * 14 * 14      # columns written + read
+    assert t.bytes[0] == 4 * (16 * 14 * 14 + 32 * 14 * 14)
+    assert t.cols[0] == 2 * 4 * 16 * 9 * 14 * 14                # columns written + read
     assert t.wbytes[0] == 4 * (32 * 16 * 9 + 32)
+    assert features("conv", (16, 32, 14, 1, 1, 1)).cols[0] == 0
 
 
 def test_views_are_free():

@@ -4,14 +4,15 @@ layer's descriptors alone (FLOPs, bytes, op kind, shapes), as Pipe-it's predicti
 Per layer (times in ms, ``c`` compute, ``m`` memory)::
 
     c = flops / (gflops x eff[kind] x shape_eff(gemm dims))      # GEMM-shaped kinds lose to small dims
-    m = act_bytes / act_gbs + weight_bytes / bandwidth            # activations + im2col; weights
+    m = act_bytes / act_gbs + cols_bytes / cols_gbs + weight_bytes / bandwidth
     c_n = c / S(n_eff, alpha[kind]);  m_n = m / S(n, alpha_mem)   # S(n, a) = n / (1 + a (n - 1))
     n_eff = 1 + (n - 1) x c / (c + par_half_ms)                   # small layers use fewer threads
     t = overhead[kind] + sync x (n_eff - 1) + max(c_n, m_n) + (1 - overlap) x min(c_n, m_n)
 
 Weights are streamed from DRAM at ``bandwidth_gbs``: inside a network a layer's weights were last
-touched a frame ago. Activations and im2col columns were just written by the previous layer and go at
-``act_gbs`` (cache speed on a machine whose caches hold them; 0 = ``bandwidth_gbs``).
+touched a frame ago. Activations were just written by the previous layer and go at ``act_gbs``
+(cache speed on a machine whose caches hold them); the im2col column matrix of a kxk conv (written
+once, read once, a strided gather) at ``cols_gbs``. 0 means "as the one before" (cols -> act -> DRAM).
 ``overlap`` = 1 is a plain roofline (memory traffic hidden under compute), 0 adds them (im2col copies
 then a GEMM, as numpy does). One :class:`CoreCoeffs` per core type holds every coefficient; they come
 from a calibration (tunerd.calibrate, fitted on this machine) or from a board file (hints/boards/,
@@ -44,8 +45,9 @@ class LayerFeatures:
     """What the model uses of one layer: its cost kind, work, traffic and GEMM dimensions."""
     kind: str
     flops: float
-    bytes: float                                          # activations (+ im2col columns)
+    bytes: float                                          # activations in + out
     wbytes: float = 0.0                                   # weights
+    cols: float = 0.0                                     # im2col columns written + read
     gemm: tuple[float, float, float] = (0.0, 0.0, 0.0)   # (M, N, K) per group; 0 when not a GEMM
 
 
@@ -83,20 +85,20 @@ def layer_features(li) -> LayerFeatures | None:
         if group > 1 and group == cin and cout % cin == 0:
             # depthwise: no GEMM, the taps run over cached channel blocks; the "GEMM" dims record
             # (channels, output plane, taps) for the shape term
-            return LayerFeatures("depthwise", flops, act_bytes, float(li.weight_bytes),
+            return LayerFeatures("depthwise", flops, act_bytes, float(li.weight_bytes), 0.0,
                                  (float(cout), spatial, float(kh * kw)))
         m, k = cout / group, cin / group * kh * kw
         if kh * kw == 1 and all(s == 1 for s in strides) and not any(pads):
-            return LayerFeatures("conv1x1", flops, act_bytes, float(li.weight_bytes), (m, spatial, k))
+            return LayerFeatures("conv1x1", flops, act_bytes, float(li.weight_bytes), 0.0, (m, spatial, k))
         # im2col: the column matrix is written once and read once
         cols = 2.0 * cin * kh * kw * spatial * FLOAT_BYTES
-        return LayerFeatures("conv", flops, act_bytes + cols, float(li.weight_bytes), (m, spatial, k))
+        return LayerFeatures("conv", flops, act_bytes, float(li.weight_bytes), cols, (m, spatial, k))
     if li.kind == "fc":
         x, y = li.in_shapes[0], li.out_shape
         kdim = float(x[-1])
         mdim = float(y[-1])
         ndim = float(int(np.prod(y)) / max(y[-1], 1))
-        return LayerFeatures("fc", flops, act_bytes, float(li.weight_bytes), (mdim, ndim, kdim))
+        return LayerFeatures("fc", flops, act_bytes, float(li.weight_bytes), 0.0, (mdim, ndim, kdim))
     if li.kind in _KIND_INDEX:
         return LayerFeatures(li.kind, flops, act_bytes, float(li.weight_bytes))
     raise ValueError(f"layer {li.name!r}: unknown cost kind {li.kind!r}")
@@ -109,6 +111,7 @@ class FeatureTable:
     flops: np.ndarray
     bytes: np.ndarray      # activation bytes
     wbytes: np.ndarray     # weight bytes
+    cols: np.ndarray       # im2col bytes
     gemm: np.ndarray       # (n, 3): M, N, K (0 for non-GEMM kinds)
     unit: np.ndarray       # unit index per layer
     n_units: int
@@ -121,6 +124,7 @@ class FeatureTable:
                    np.array([f.flops for f in feats], dtype=float),
                    np.array([f.bytes for f in feats], dtype=float),
                    np.array([f.wbytes for f in feats], dtype=float),
+                   np.array([f.cols for f in feats], dtype=float),
                    np.array([f.gemm for f in feats], dtype=float).reshape(-1, 3),
                    unit_arr, int(n_units if n_units is not None else (unit_arr.max() + 1 if len(unit_arr) else 0)))
 
@@ -157,6 +161,7 @@ class CoreCoeffs:
     par_half_ms: float = 0.0
     overlap: float = 0.0
     act_gbs: float = 0.0                # bandwidth for activations (0: bandwidth_gbs)
+    cols_gbs: float = 0.0               # bandwidth for im2col columns (0: act_gbs)
     shape: dict[str, float] = field(default_factory=lambda: {"m0": 0.0, "n0": 0.0, "k0": 0.0, "dw_n0": 0.0})
     source: str = ""
 
@@ -170,7 +175,8 @@ class CoreCoeffs:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise HintsError(f"{where}: {name} must be a number > 0, got {v!r}")
         for name, lo, hi in (("alpha_mem", 0, 1), ("overlap", 0, 1), ("sync_us", 0, math.inf),
-                             ("par_half_ms", 0, math.inf), ("act_gbs", 0, math.inf)):
+                             ("par_half_ms", 0, math.inf), ("act_gbs", 0, math.inf),
+                             ("cols_gbs", 0, math.inf)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo <= v <= hi):
                 raise HintsError(f"{where}: {name} must be in [{lo}, {hi}], got {v!r}")
@@ -195,7 +201,7 @@ class CoreCoeffs:
                 "overhead_us": {k: r(v) for k, v in self.overhead_us.items()},
                 "alpha": {k: r(v) for k, v in self.alpha.items()}, "alpha_mem": r(self.alpha_mem),
                 "sync_us": r(self.sync_us), "par_half_ms": r(self.par_half_ms), "overlap": r(self.overlap),
-                "act_gbs": r(self.act_gbs),
+                "act_gbs": r(self.act_gbs), "cols_gbs": r(self.cols_gbs),
                 "shape": {k: r(self.shape.get(k, 0.0)) for k in SHAPE_KEYS}, "source": self.source}
 
     @classmethod
@@ -220,7 +226,7 @@ class CoreCoeffs:
                     raise HintsError(f"cost coefficients: {name} has unknown kinds {', '.join(sorted(unknown))}"
                                      f" (kinds: {', '.join(KINDS)})")
                 kw[name] = {**base, **{k: _num(name, v) for k, v in given.items()}}
-        for name in ("alpha_mem", "sync_us", "par_half_ms", "overlap", "act_gbs"):
+        for name in ("alpha_mem", "sync_us", "par_half_ms", "overlap", "act_gbs", "cols_gbs"):
             if name in data:
                 kw[name] = _num(name, data[name])
         if "shape" in data:
@@ -275,7 +281,8 @@ def terms(table: FeatureTable, coeffs: CoreCoeffs) -> tuple[np.ndarray, np.ndarr
     g = shape_efficiency(table.kind, table.gemm, coeffs.shape)
     compute = table.flops / (coeffs.gflops * 1e6 * eff * g)
     act_gbs = coeffs.act_gbs or coeffs.bandwidth_gbs
-    memory = (table.bytes / act_gbs + table.wbytes / coeffs.bandwidth_gbs) / 1e6
+    cols_gbs = coeffs.cols_gbs or act_gbs
+    memory = (table.bytes / act_gbs + table.cols / cols_gbs + table.wbytes / coeffs.bandwidth_gbs) / 1e6
     return compute, memory
 
 
