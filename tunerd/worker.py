@@ -223,20 +223,6 @@ class StageWorker:
         self.plans.move_to_end(key)
         return plan
 
-    def _writes_out(self, last_unit: int) -> bool:
-        """Whether ``plan.run(x, out=slot)`` may be trusted to write the slot.
-
-        NOTE: a workaround. ExecutionPlan (since "concat inputs written in place") ignores ``out``
-        when its range ends in a Concat whose inputs it writes in place: the result stays in the
-        plan's own buffer and ``out`` is left as it was. For such stages the result is copied into
-        the slot; remove this once plan.run honours ``out`` there.
-        """
-        graph = getattr(self.model, "graph", None)
-        units = getattr(self.model, "units", None)
-        if graph is None or units is None:
-            return True
-        return graph.nodes[units[last_unit].last].op != "Concat"
-
     def _activate(self, role: _Role) -> None:
         spec = role.spec
         cpus = tuple(spec["cpus"])
@@ -247,7 +233,6 @@ class StageWorker:
             self._limits(limits=spec["threads"])
             self.threads = spec["threads"]
         role.plan = self._plan(spec["first"], spec["last"])
-        role.direct = self._writes_out(spec["last"])
         role.in_ring = self.rings[spec["in_ring"]]
         role.out_ring = self.rings[spec["out_ring"]]
         role.active = True
@@ -344,10 +329,7 @@ class StageWorker:
             sample = spec["profile_every"] > 0 and seq % spec["profile_every"] == 0
             tc, pc = clock(), time.process_time()
             try:
-                if not role.direct:
-                    result, unit_s = role.plan.run_timed(x) if sample else (role.plan.run(x), None)
-                    y[...] = result
-                elif sample:
+                if sample:
                     _, unit_s = role.plan.run_timed(x, out=y)
                 else:
                     role.plan.run(x, out=y)
