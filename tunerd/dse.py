@@ -158,6 +158,9 @@ class _Search:
         self._count = itertools.count()
         self._bounds_cache: dict = {}
         self._placed: list[int] = []  # workers each earlier stage of the prefix was costed with
+        self._in_heap: set[PipelineConfig] = set()
+        self._threshold = np.inf
+        self._children_cache: dict = {}
         self._prepare_bounds()
 
     def _prepare_bounds(self) -> None:
@@ -199,17 +202,33 @@ class _Search:
         return hit
 
     def threshold(self) -> float:
-        return -self.heap[0][0] if len(self.heap) >= self.top_k else np.inf
+        return self._threshold
 
     def _push(self, period: float, config: PipelineConfig) -> None:
+        if config in self._in_heap:
+            return
         item = (-period, next(self._count), config)
+        self._in_heap.add(config)
         if len(self.heap) < self.top_k:
             heapq.heappush(self.heap, item)
         else:
-            heapq.heapreplace(self.heap, item)
+            self._in_heap.discard(heapq.heapreplace(self.heap, item)[2])
+        if len(self.heap) >= self.top_k:
+            self._threshold = -self.heap[0][0]
+
+    def seed(self, configs: Sequence[PipelineConfig]) -> None:
+        """Start from the exact best splits of these configs' layouts (a warm start: a good
+        threshold early makes the bound bite at once; exactness does not depend on it)."""
+        for config in configs:
+            layout = tuple((s.cluster, s.cores, s.replicas) for s in config.stages)
+            if len(layout) > self.max_stages or any(name not in self.alpha for name, _k, _r in layout):
+                continue
+            r = best_split(self.model, layout)
+            if r is not None:
+                self._push(r.period_ms, r.config)
 
     def _offer(self, bound: float, layout: list, args: list, workers: dict, exact: bool) -> None:
-        if not np.isfinite(bound) or bound >= self.threshold():
+        if not bound < self._threshold:  # also rejects inf and nan
             return
         if exact:
             self._push(bound, _config_from_args(layout, args, self.n))
@@ -232,7 +251,12 @@ class _Search:
     def _children(self, free: dict, depth: int) -> list[tuple[str, int, int]]:
         if depth >= self.max_stages or depth >= self.n:
             return []
-        return [(c.name, k, r) for c in self.specs for k, r in self.opts[c.name] if k * r <= free[c.name]]
+        key = tuple(free.values())
+        hit = self._children_cache.get(key)
+        if hit is None:
+            hit = self._children_cache[key] = [(c.name, k, r) for c in self.specs for k, r in self.opts[c.name]
+                                               if k * r <= free[c.name]]
+        return hit
 
     def _visit(self, g_prev: np.ndarray, stage: tuple[str, int, int], layout: list, args: list,
                free: dict, workers: dict) -> None:
@@ -246,9 +270,10 @@ class _Search:
             # terminal: this stage is the last one. Exact unless an earlier stage on a cluster
             # got more workers after it was costed.
             exact = all(workers[s[0]] == wk or not self.alpha[s[0]] for s, wk in zip(layout, self._placed))
-            args.append(arg_same)
-            self._offer(float(g_same[self.n]), layout, args, workers, exact)
-            args.pop()
+            if g_same[self.n] < self._threshold:
+                args.append(arg_same)
+                self._offer(float(g_same[self.n]), layout, args, workers, exact)
+                args.pop()
             children = self._children(free, len(layout))
             if not children:
                 return
@@ -256,7 +281,7 @@ class _Search:
             bound = self._suffix_bound(mask, sum(free.values()))
             # completions have at least one more stage: g at a cut e < n, then the suffix
             lower = float(np.maximum(g_same[:self.n], bound[:self.n]).min())
-            if lower >= self.threshold():
+            if lower >= self._threshold:
                 return
             g_other = arg_other = None
             for child in children:
@@ -266,7 +291,7 @@ class _Search:
                     if g_other is None:
                         g_other, arg_other = _dp_step(g_prev, self._cost(name, k, r, True, w))
                     g, arg = g_other, arg_other
-                if float(g[:self.n].min()) >= self.threshold():
+                if float(g[:self.n].min()) >= self._threshold:
                     continue
                 args.append(arg)
                 self._placed.append(w)
@@ -294,10 +319,12 @@ def _model(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None,
 
 def explore(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None = None, *,
             interconnect_gbs: float | None = None, contention: Mapping[str, float] | None = None,
-            max_stages: int | None = None, top_k: int = 1) -> list[DseResult]:
+            max_stages: int | None = None, top_k: int = 1,
+            seeds: Sequence[PipelineConfig] = ()) -> list[DseResult]:
     """The ``top_k`` best distinct configs (best first), each with its exact best split.
 
-    ``max_stages`` defaults to the total number of cores, capped at DEFAULT_MAX_STAGES.
+    ``max_stages`` defaults to the total number of cores, capped at DEFAULT_MAX_STAGES. ``seeds``
+    (e.g. the previous call's results) only speed the search up.
     """
     model = _model(table, clusters, interconnect_gbs, contention)
     if top_k < 1:
@@ -305,6 +332,7 @@ def explore(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None
     specs = list(model.clusters.values())
     limit = _default_max_stages(specs, model.n_units, max_stages)
     search = _Search(model, limit, top_k)
+    search.seed(seeds)
     search.run()
     return search.results()
 

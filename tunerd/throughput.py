@@ -142,6 +142,8 @@ class PipelineModel:
         self._prefix = {t: np.vstack([np.zeros((1, ms.shape[1])), np.cumsum(ms, axis=0)])
                         for t, ms in table.predicted_ms.items()}
         self.transfer = np.asarray(transfer_ms(table.out_bytes, interconnect_gbs), dtype=float)
+        self._transfer_row = np.concatenate([[0.0], self.transfer])[None, :]
+        self._lower = np.tril_indices(self.n_units + 1)
 
     def with_speeds(self, speeds: Mapping[str, float]) -> "PipelineModel":
         """The same model with some clusters' speed replaced."""
@@ -194,12 +196,10 @@ class PipelineModel:
         """``C[s, e]`` = period of a stage covering units s..e-1 (inf where s >= e)."""
         c = self.clusters[cluster]
         p = self._prefix[c.core_type][:, cores - 1]
-        n1 = self.n_units + 1
-        with np.errstate(invalid="ignore"):
-            mat = (p[None, :] - p[:, None]) * (factor / (c.speed * replicas))
+        mat = (p[None, :] - p[:, None]) * (factor / (c.speed * replicas))
         if transfer:
-            mat = mat + np.concatenate([[0.0], self.transfer])[None, :] / replicas
-        mat[np.tril_indices(n1)] = np.inf
+            mat += self._transfer_row / replicas
+        mat[self._lower] = np.inf
         return mat
 
 

@@ -415,7 +415,7 @@ class Tuner:
                 raise ConfigError(f"speed factor for {name!r} must be > 0, got {factor!r}")
             self.speeds[name] = float(factor)
         self.cost.soften(1)
-        self._model = None
+        self._model = self._optimistic_model = None
         self.measured = {}
         self.queue = []
         self.pending = []
