@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "tunerd.commands.platform",
     "tunerd.commands.hints",
     "tunerd.commands.calibrate",
+    "tunerd.commands.simulate",
+    "tunerd.commands.serve",
 ]
 
 

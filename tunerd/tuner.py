@@ -319,6 +319,7 @@ class Tuner:
         self.generation = 0
         self.retunes = 0
         self.pinned: str | None = None
+        self._verify: tuple[str, float, float] | None = None
         self._before_pin = states.IDLE
         self._ref_best = 0.0
         self._stale = 0
@@ -401,8 +402,33 @@ class Tuner:
         self.history.append({"index": self.evaluations, "config": key, "fps": fps,
                              "predicted_fps": predicted, "time": self.clock(), "state": self.state,
                              "generation": self.generation, "reason": self._reasons.pop(key, "told")})
+        if self._verify is not None and key == self._verify[0]:
+            expected, tolerance = self._verify[1:]
+            self._verify = None
+            if fps >= (1 - tolerance) * expected:
+                self._converge()     # the stored best holds up: no search needed
+                return
         if self.state in states.SEARCHING and self.episode_evaluations >= self.episode_budget:
             self._converge()
+
+    def adopt(self, config: PipelineConfig | str, expected_fps: float, *, tolerance: float = 0.15) -> None:
+        """Start from a stored best (a restart, or a frequency state seen before): it is evaluated
+        first, and if it measures within ``tolerance`` of ``expected_fps`` the search ends there;
+        otherwise the search goes on from the hints as usual."""
+        if isinstance(config, str):
+            config = parse_config(config)
+        validate(config, self.n_units, self.clusters)
+        key = str(config)
+        if self.state in (states.PINNED, states.CONVERGED):
+            self.state = states.RETUNING
+        if self.state == states.IDLE:
+            self.state = states.TUNING
+            self._seed()
+        if key in self.queue:
+            self.queue.remove(key)
+        self.queue.insert(0, key)
+        self._reasons[key] = "verify the stored best"
+        self._verify = (key, float(expected_fps), float(tolerance))
 
     def retune(self, speed_factors: Mapping[str, float] | None = None) -> None:
         """Search again, warm-started, after a frequency change: ``speed_factors`` maps cluster
