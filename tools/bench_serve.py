@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Served vs in-process: the same model and pipeline config, side by side in one run.
+
+- in-process: `tunerd bench --pipeline` (a Pipeline fed from this process, no sockets);
+- served: `tunerd serve --pin CONFIG` fed by tools/loadgen.py over ipc sockets.
+
+Throughput with the pipeline kept full (loadgen: several clients, several frames in flight each),
+and latency with one frame at a time (so it is the serving path's own latency, not queueing). Runs
+alternate in-process / served for ``--rounds`` rounds; medians and ratios are reported. Emulated
+platform of this machine (big = first half of the CPUs at full speed, little = the rest at 0.5).
+
+    python tools/bench_serve.py [--model zoo:squeezenet] [--input-size 224] [--pipeline CONFIG]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from demo import emulate_spec, wait_for_daemon  # noqa: E402
+
+
+def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_frames: int) -> dict:
+    from tunerd.pipeline import Pipeline
+    from tunerd.pipeline_bench import bench_pipeline
+    full = bench_pipeline(model, config, platform_spec=spec, sysfs_root=sysfs, frames=frames, warmup=5)
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    lat = []
+    with Pipeline(model, config, spec, sysfs_root=sysfs) as pipe:
+        for i in range(latency_frames + 3):
+            t0 = time.perf_counter()
+            pipe.submit(i, x)
+            while not pipe.poll(1.0):
+                pass
+            if i >= 3:
+                lat.append(1000 * (time.perf_counter() - t0))
+    return {"fps": full["fps"], "latency_ms_p50": float(np.median(lat))}
+
+
+def served(args, config: str, spec: str, sysfs: str, tmp: Path) -> dict:
+    frames, control = f"ipc://{tmp}/frames.sock", f"ipc://{tmp}/control.sock"
+    daemon = subprocess.Popen([str(BIN / "tunerd"), "serve", "--model", args.model, "--input-size",
+                               str(args.input_size), "--platform", spec, "--sysfs-root", sysfs, "--frames", frames,
+                               "--control", control, "--state-dir", str(tmp / "state"), "--pin", config,
+                               "--log-level", "warning"])
+    try:
+        wait_for_daemon(control, daemon, timeout=600)
+
+        def loadgen(*extra) -> dict:
+            out = subprocess.run([sys.executable, str(ROOT / "tools" / "loadgen.py"), "--frames", frames,
+                                  "--control", control, "--json", *extra], capture_output=True, text=True, check=True)
+            return json.loads(out.stdout)
+        loadgen("-c", "1", "-k", "4", "-n", "10")                     # warm-up
+        full = loadgen("-c", str(args.clients), "-k", "4", "-d", str(args.seconds))
+        one = loadgen("-c", "1", "-k", "1", "-n", str(args.latency_frames))
+        return {"fps": full["fps"], "latency_ms_p50": one["latency_ms"]["p50"],
+                "server_latency_ms_p50": one["server_latency_ms"]["p50"]}
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="zoo:squeezenet")
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--pipeline", help="config to compare (default: two stages, big then little, cut in the middle)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=200, help="in-process timed frames per round")
+    ap.add_argument("--seconds", type=float, default=15, help="served throughput run per round")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--latency-frames", type=int, default=100)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import tunerd
+    from tunerd.fakesysfs import make_emulated_tree
+    spec = emulate_spec()
+    with tempfile.TemporaryDirectory(prefix="tunerd-bench-serve-") as tmp:
+        tmp = Path(tmp)
+        os.environ.setdefault("TUNERD_CACHE_DIR", str(tmp / "cache"))
+        sysfs = str(make_emulated_tree(spec, tmp / "fs"))
+        model = tunerd.load_model(args.model, input_size=args.input_size)
+        n = len(model.units)
+        config = args.pipeline or f"0-{n // 2 - 1}@big:1 | {n // 2}-{n - 1}@little:1"
+        rows = []
+        for r in range(args.rounds):
+            print(f"[bench_serve] round {r + 1}/{args.rounds}: in-process ...", file=sys.stderr, flush=True)
+            a = inprocess(model, config, spec, sysfs, args.frames, args.latency_frames)
+            print(f"[bench_serve] round {r + 1}/{args.rounds}: served ...", file=sys.stderr, flush=True)
+            b = served(args, config, spec, sysfs, tmp)
+            rows.append({"inprocess": a, "served": b})
+    med = lambda side, key: statistics.median(r[side][key] for r in rows)  # noqa: E731
+    result = {"model": args.model, "input_size": args.input_size, "platform": spec, "config": config,
+              "rounds": rows,
+              "inprocess_fps": med("inprocess", "fps"), "served_fps": med("served", "fps"),
+              "fps_ratio": med("served", "fps") / med("inprocess", "fps"),
+              "inprocess_latency_ms_p50": med("inprocess", "latency_ms_p50"),
+              "served_latency_ms_p50": med("served", "latency_ms_p50"),
+              "added_latency_ms": med("served", "latency_ms_p50") - med("inprocess", "latency_ms_p50")}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model} @{args.input_size}, {spec}, config {config} (emulated platform), "
+              f"median of {args.rounds} alternating rounds")
+        print(f"  throughput: in-process {result['inprocess_fps']:.1f} fps, served {result['served_fps']:.1f} fps "
+              f"-> ratio {result['fps_ratio']:.3f}")
+        print(f"  latency p50 (one frame at a time): in-process {result['inprocess_latency_ms_p50']:.2f} ms, "
+              f"served {result['served_latency_ms_p50']:.2f} ms -> added {result['added_latency_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
