@@ -6,9 +6,13 @@ five zoo models and the four ONNX light graphs (random weights) on 1 and 2 cores
 process pinned as in calibration, and compares with the hints' predictions. The core counts are
 measured side by side (the children take turns, a few frames each) so they see the same load.
 
-Two statistics are printed side by side. "median": a unit's time is its median over the frames and
-the network's time the median frame time. "fast": a unit's time is the median of its fastest tenth
-of frames (what the machine does when nobody else runs) and the network's time the sum of those.
+Two statistics are printed side by side. "median": a unit's time is its median over all frames and
+the network's time the median frame time. "clean": the same medians over the runs during which no
+thread of the measuring process waited for a CPU (``/proc/self/task/*/schedstat``, see
+``tunerd.calibrate.WaitClock``): what the machine does when nobody else runs. A unit with fewer than
+three clean runs falls back to the median of its fastest tenth; a network with fewer than three
+clean frames to the sum of its units. "clean" and "units" give the clean frames and the share of
+clean unit runs.
 Figures: the median absolute percentage error over a model's units ("unit MdAPE") and the error of
 the predicted whole network (sum of predicted units) against the measured one ("net err").
 
@@ -31,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tunerd.calibrate import Child, calibrate, load_calibration, robust_ms, save_calibration  # noqa: E402
+from tunerd.calibrate import (  # noqa: E402
+    Child, calibrate, is_clean, load_calibration, robust_ms, save_calibration,
+)
 from tunerd.hints import make_hints  # noqa: E402
 from tunerd.model import load_model  # noqa: E402
 from tunerd.platform import resolve_platform  # noqa: E402
@@ -52,7 +58,7 @@ def light_models(out_dir: Path) -> list[str]:
 def measure(source: str, cores: list[int], cpus: list[int], frames: int, chunk: int) -> dict[int, dict]:
     """Per core count: unit ms and frame ms per frame, core counts taking turns."""
     children = {n: Child(cpus[:n], n) for n in cores}
-    out = {n: {"unit_ms": [], "total_ms": []} for n in cores}
+    out = {n: {"unit_ms": [], "total_ms": [], "unit_waited_ms": [], "waited_ms": []} for n in cores}
     try:
         for n, child in children.items():     # load + warm up
             child.request({"kind": "model", "source": source, "runs": 0, "warmup": 2})
@@ -62,8 +68,8 @@ def measure(source: str, cores: list[int], cpus: list[int], frames: int, chunk: 
             for n, child in children.items():
                 time.sleep(0.02)   # let the other child's idle BLAS threads go to sleep
                 for rec in child.request({"kind": "model", "source": source, "runs": k, "warmup": 0}):
-                    out[n]["unit_ms"].append(rec["unit_ms"])
-                    out[n]["total_ms"].append(rec["total_ms"])
+                    for key in out[n]:
+                        out[n][key].append(rec[key])
             done += k
     finally:
         for child in children.values():
@@ -104,9 +110,9 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory()
     sources = args.models.split(",") if args.models else ZOO + light_models(Path(tmp.name))
     rows = []
-    header = (f"{'model':<14} {'units':>5} {'n':>2} | {'unit MdAPE':>10} {'net err':>8} | "
-              f"{'unit MdAPE':>10} {'net err':>8} | {'pred ms':>9} {'meas ms':>9}")
-    print("\n" + " " * 25 + "|   stat = median       |   stat = fast tenth   |")
+    header = (f"{'model':<18} {'units':>5} {'n':>2} | {'unit MdAPE':>10} {'net err':>8} | "
+              f"{'unit MdAPE':>10} {'net err':>8} | {'pred ms':>9} {'meas ms':>9} {'clean':>8} {'units':>5}")
+    print("\n" + " " * 29 + "| median of all runs    | median of clean runs  |")
     print(header)
     print("-" * len(header))
     for source in sources:
@@ -117,23 +123,33 @@ def main(argv=None) -> int:
         for n in cores:
             pred = hints.ms(cluster.core_type, n)
             units = np.array(runs[n]["unit_ms"])
+            waits = runs[n]["unit_waited_ms"]
             totals = np.array(runs[n]["total_ms"])
             figures = {}
-            for stat, fn in (("median", np.median), ("fast", robust_ms)):
-                per_unit = np.array([fn(units[:, u]) for u in range(units.shape[1])])
-                # NOTE: a whole frame on a loaded machine is almost never clean; the unloaded frame
-                # time is best estimated unit by unit
-                net = float(per_unit.sum()) if stat == "fast" else float(np.median(totals))
+            for stat in ("median", "clean"):
+                if stat == "median":
+                    per_unit = np.median(units, axis=0)
+                    net = float(np.median(totals))
+                else:
+                    per_unit = np.array([robust_ms(units[:, u], [w[u] for w in waits]) for u in range(units.shape[1])])
+                    clean = [t for t, w in zip(totals, runs[n]["waited_ms"]) if is_clean(t, w)]
+                    # NOTE: on a loaded machine a whole frame is rarely clean; then the unloaded
+                    # frame time is estimated unit by unit
+                    net = float(np.median(clean)) if len(clean) >= 3 else float(per_unit.sum())
                 figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
                                  "net_err": float(ape(pred.sum(), net)), "meas_ms": float(net),
                                  "unit_ms": per_unit.round(4).tolist()}
+            figures["clean"]["clean_frames"] = sum(is_clean(t, w) for t, w in zip(totals, runs[n]["waited_ms"]))
+            figures["clean"]["clean_unit_share"] = float(np.mean(
+                [[is_clean(t, w) for t, w in zip(ut, wt)] for ut, wt in zip(units.tolist(), waits)]))
             rows.append({"model": name, "source": source, "cores": n, "units": len(pred),
                          "pred_ms": float(pred.sum()), "pred_unit_ms": pred.round(4).tolist(), **figures})
-            m, f = figures["median"], figures["fast"]
-            print(f"{name:<14} {len(pred):>5} {n:>2} | {m['unit_mdape']:>9.1f}% {m['net_err']:>7.1f}% | "
-                  f"{f['unit_mdape']:>9.1f}% {f['net_err']:>7.1f}% | {pred.sum():>9.2f} {f['meas_ms']:>9.2f}")
+            m, f = figures["median"], figures["clean"]
+            print(f"{name:<18} {len(pred):>5} {n:>2} | {m['unit_mdape']:>9.1f}% {m['net_err']:>7.1f}% | "
+                  f"{f['unit_mdape']:>9.1f}% {f['net_err']:>7.1f}% | {pred.sum():>9.2f} {f['meas_ms']:>9.2f} "
+                  f"{f['clean_frames']:>4}/{len(totals):<3} {100 * f['clean_unit_share']:>4.0f}%")
             sys.stdout.flush()
-    for stat in ("median", "fast"):
+    for stat in ("median", "clean"):
         for n in cores:
             sel = [r[stat] for r in rows if r["cores"] == n]
             print(f"overall ({stat}, {n} core{'s' if n > 1 else ''}): median of per-model unit MdAPE "

@@ -22,7 +22,6 @@ import datetime as _dt
 import itertools
 import json
 import logging
-import math
 import os
 import platform as _pyplatform
 import subprocess
@@ -30,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ConfigError, HintsError, PlatformError
 
@@ -205,13 +204,63 @@ def run_child(cpus: Sequence[int], threads: int, request: Mapping[str, Any], *,
         return child.request(request, on_result)
 
 
-def robust_ms(samples: Sequence[float]) -> float:
-    """The median of the fastest tenth of the runs (the fastest run when there are few).
+class WaitClock:
+    """Seconds this process's threads have spent runnable but not running, so far.
 
-    NOTE: on a shared machine other processes only ever add time, and a BLAS thread that loses its
-    core stalls its siblings at the next barrier for whole scheduler ticks. The plain median then
-    measures the neighbours; the fastest runs track the time on an unloaded machine.
+    Reads ``/proc/self/task/*/schedstat`` (second field: time spent waiting on a run queue, ns;
+    Documentation/scheduler/sched-stats.rst). A timed run during which this grows was slowed by
+    other processes: on a shared machine that is how a timing is known to be clean, instead of
+    guessed from its value. ``None`` where the kernel has no schedstat. Call :meth:`refresh` after
+    BLAS has started its threads.
     """
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.close()
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                self.fds.append(os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY))
+        except OSError:
+            self.close()
+
+    def __call__(self) -> float | None:
+        if not self.fds:
+            return None
+        total = 0
+        for fd in self.fds:
+            try:
+                total += int(os.pread(fd, 128, 0).split()[1])
+            except (OSError, IndexError, ValueError):
+                pass   # the thread exited
+        return total * 1e-9
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def is_clean(wall_ms: float, waited_ms: float | None) -> bool:
+    """A run that waited for a CPU less than 2% of its time (and under 20 us) counts as unloaded."""
+    return waited_ms is not None and waited_ms <= max(0.02 * wall_ms, 0.02)
+
+
+def robust_ms(samples: Sequence[float], waited: Sequence[float | None] | None = None) -> float:
+    """The time of a layer or unit on an unloaded machine, from its runs (ms).
+
+    With the runs' waiting times (``WaitClock``): the median of the clean runs, when at least
+    three are clean. Otherwise the median of the fastest tenth (the fastest run when there are
+    few). NOTE: on a shared machine other processes only ever add time, and a BLAS thread that
+    loses its core stalls its siblings at the next barrier for whole scheduler ticks; the plain
+    median then measures the neighbours.
+    """
+    if waited is not None:
+        clean = [t for t, w in zip(samples, waited) if is_clean(t, w)]
+        if len(clean) >= 3:
+            return _median(clean)
     v = sorted(samples)
     return _median(v[:max(1, len(v) // 10)])
 
@@ -222,19 +271,36 @@ def _median(values: Sequence[float]) -> float:
     return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
-def _time_plan(plan, x, min_time_s: float, min_runs: int, max_runs: int) -> list[float]:
-    """Per-run ms of ``plan.run(x)`` after a warm-up: at least ``min_runs``, up to ``min_time_s``."""
+def _time_plan(plan, x, min_time_s: float, min_runs: int, max_runs: int,
+               wait: WaitClock | None = None) -> tuple[list[float], list[float | None]]:
+    """Per-run ms of ``plan.run(x)`` after a warm-up, and the ms each run waited for a CPU (None
+    without schedstat): at least ``min_runs`` runs and ``min_time_s`` of them, and while fewer
+    than three were clean, up to three times that long (at most ``max_runs`` runs)."""
     clock = time.perf_counter
     plan.run(x)
+    wait = wait or (lambda: None)
     samples: list[float] = []
+    waited: list[float | None] = []
     spent = 0.0
-    while len(samples) < max_runs and (len(samples) < min_runs or spent < min_time_s):
+    clean = 0
+
+    def more() -> bool:
+        if len(samples) >= max_runs:
+            return False
+        if len(samples) < min_runs or spent < min_time_s:
+            return True
+        return clean < 3 and waited[-1] is not None and spent < 3 * min_time_s
+    while more():
+        w0 = wait()
         t0 = clock()
         plan.run(x)
         dt = clock() - t0
+        w1 = wait()
         spent += dt
         samples.append(dt * 1e3)
-    return samples
+        waited.append(None if w0 is None or w1 is None else (w1 - w0) * 1e3)
+        clean += is_clean(samples[-1], waited[-1])
+    return samples, waited
 
 
 def _serve(request: dict, cache: dict) -> None:
@@ -242,6 +308,10 @@ def _serve(request: dict, cache: dict) -> None:
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=int(request["threads"]))
     rng = np.random.default_rng(0)
+    if "wait" not in cache:
+        np.ones((256, 256), np.float32) @ np.ones((256, 256), np.float32)   # start the BLAS threads
+        cache["wait"] = WaitClock()
+    wait = cache["wait"]
     if request["kind"] == "layers":
         for i, (op, params) in zip(request.get("index", itertools.count()), request["layers"]):
             key = ("layer", op, tuple(params))
@@ -249,10 +319,11 @@ def _serve(request: dict, cache: dict) -> None:
                 model = build_layer(op, params)
                 cache[key] = (model.plan(), rng.standard_normal(model.input_shape).astype(np.float32))
             plan, x = cache[key]
-            samples = _time_plan(plan, x, float(request.get("min_time_s", 0.2)),
-                                 int(request.get("min_runs", 5)), int(request.get("max_runs", 200)))
-            print(json.dumps({"i": i, "ms": robust_ms(samples), "median_ms": _median(samples),
-                              "runs": len(samples)}), flush=True)
+            samples, waited = _time_plan(plan, x, float(request.get("min_time_s", 0.2)),
+                                         int(request.get("min_runs", 5)), int(request.get("max_runs", 200)), wait)
+            print(json.dumps({"i": i, "ms": robust_ms(samples, waited), "median_ms": _median(samples),
+                              "runs": len(samples), "clean": sum(is_clean(t, w) for t, w in zip(samples, waited))}),
+                  flush=True)
     elif request["kind"] == "model":
         key = ("model", request["source"], request.get("input_size"))
         if key not in cache:
@@ -262,11 +333,21 @@ def _serve(request: dict, cache: dict) -> None:
         plan, x = cache[key]
         for _ in range(int(request.get("warmup", 1))):
             plan.run(x)
+        marks: list[float | None] = []
+
+        def clock() -> float:
+            # NOTE: run_timed calls its clock at every unit boundary: note the waiting time there
+            marks.append(wait())
+            return time.perf_counter()
         for r in range(int(request.get("runs", 5))):
+            marks.clear()
             t0 = time.perf_counter()
-            _, times = plan.run_timed(x)
+            _, times = plan.run_timed(x, clock=clock)
             total = time.perf_counter() - t0
-            print(json.dumps({"run": r, "unit_ms": [t * 1e3 for t in times], "total_ms": total * 1e3}), flush=True)
+            waited = [None if a is None or b is None else (b - a) * 1e3 for a, b in zip(marks, marks[1:])]
+            print(json.dumps({"run": r, "unit_ms": [t * 1e3 for t in times], "total_ms": total * 1e3,
+                              "unit_waited_ms": waited,
+                              "waited_ms": None if None in marks else (marks[-1] - marks[0]) * 1e3}), flush=True)
     else:
         raise ValueError(f"unknown request kind {request['kind']!r}")
 
@@ -436,9 +517,9 @@ def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False
     bar = Progress(len(jobs) * len(sweep), enabled=progress)
     # NOTE: several BLAS threads are stalled by any neighbour on any of their cores: multi-core
     # timings need more runs for the fastest tenth to be clean
-    base = {"kind": "layers", "min_time_s": 0.02 if quick else 0.12, "min_runs": 5 if quick else 10,
-            "max_runs": 40 if quick else 300}
-    multi = {**base, "min_time_s": 0.04 if quick else 0.3, "min_runs": 10 if quick else 30}
+    base = {"kind": "layers", "min_time_s": 0.02 if quick else 0.2, "min_runs": 5 if quick else 15,
+            "max_runs": 40 if quick else 400}
+    multi = {**base, "min_time_s": 0.04 if quick else 0.5, "min_runs": 10 if quick else 40}
     samples: list[Sample] = []
     children: list[Child] = []
     try:
@@ -701,7 +782,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
         date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         machine=machine_info(), quick=quick, fit=report,
         samples=[{"op": sweep[s.layer][0], "params": list(sweep[s.layer][1]), "core_type": s.core_type,
-                  "cores": s.cores, "ms": round(s.ms, 5)} for s in samples])
+                  "cores": s.cores, "ms": float(f"{s.ms:.7g}")} for s in samples])
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--child"]:

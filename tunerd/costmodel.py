@@ -311,6 +311,7 @@ def unit_ms(table: FeatureTable, coeffs: CoreCoeffs, cores: int) -> np.ndarray:
 def predict_table(table: FeatureTable, coeffs: CoreCoeffs, max_cores: int) -> np.ndarray:
     """``(n_units, max_cores)``: column k = predicted ms on k + 1 cores; never slower with more cores."""
     cols = np.stack([unit_ms(table, coeffs, k) for k in range(1, max_cores + 1)], axis=1)
+    cols = np.maximum(cols, 1e-6)     # a unit of free layers still costs a call
     # NOTE: a runtime never has to use an extra core it is given: the best of fewer cores bounds it
     return np.minimum.accumulate(cols, axis=1)
 

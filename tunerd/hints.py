@@ -320,7 +320,7 @@ def _board_hints(model, board) -> Hints:
     return _build(model, coeffs, clusters, producer, float(data["interconnect_gbs"]))
 
 
-def predict_for_board(model_source, board, *, input_size=None) -> Hints:
+def predict_for_board(model_source, board, input_size=None) -> Hints:
     """Hints for a model (source or Model) on a simulated board (name, file or dict)."""
     return _board_hints(_model(model_source, input_size), board)
 

@@ -1,7 +1,6 @@
 """`tunerd hints`: write a model's hints (predicted unit costs) for a platform or a board."""
 from __future__ import annotations
 
-import json
 import sys
 
 from ..errors import ConfigError
@@ -27,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hints import Hints, make_hints, save_hints
+    from ..hints import make_hints, save_hints
     from ..model import load_model
     if args.calibration and not args.platform:
         raise ConfigError("--calibration goes with --platform")
@@ -58,7 +57,7 @@ def run(args) -> int:
     return 0
 
 
-def summary(hints: "Hints", path: str) -> str:
+def summary(hints, path: str) -> str:
     parts = [f"{c['name']} ({c['core_type']} x{c['cores']}): {hints.fps(c['core_type'], c['cores']):.2f} fps"
              for c in hints.clusters]
     return (f"wrote {path}: {hints.model_name}, {hints.n_units} units, from {hints.producer.get('kind')} "
