@@ -147,3 +147,24 @@ def test_cli_calibrate_json_to_default_place(tmp_path, monkeypatch, capsys):
     # `tunerd hints --platform` finds it there
     assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--platform", spec]) == 0
     assert json.loads(capsys.readouterr().out)["producer"]["kind"] == "calibration"
+
+
+def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkeypatch):
+    from tunerd import hints as H
+    from tunerd.platform import resolve_platform
+    spec, path = quick_emulated
+    platform = resolve_platform(spec)
+    model = load_model("zoo:squeezenet", input_size=64, store=False)
+    monkeypatch.setenv("TUNERD_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_calibrate(p, **kw):
+        calls.append(kw)
+        return C.load_calibration(path)
+    monkeypatch.setattr(C, "calibrate", fake_calibrate)
+    first = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
+    again = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
+    assert len(calls) == 1 and calls[0]["quick"] and not calls[0]["progress"]
+    assert (tmp_path / "state" / f"calibration-{H.platform_key(platform)}.json").is_file()
+    assert first.to_dict()["units"] == again.to_dict()["units"]
+    assert again.producer["kind"] == "calibration"

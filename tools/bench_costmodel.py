@@ -139,7 +139,7 @@ def main(argv=None) -> int:
                 figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
                                  "net_err": float(ape(pred.sum(), net)), "meas_ms": float(net),
                                  "unit_ms": per_unit.round(4).tolist()}
-            figures["clean"]["clean_frames"] = sum(is_clean(t, w) for t, w in zip(totals, runs[n]["waited_ms"]))
+            figures["clean"]["clean_frames"] = int(sum(is_clean(float(t), w) for t, w in zip(totals, runs[n]["waited_ms"])))
             figures["clean"]["clean_unit_share"] = float(np.mean(
                 [[is_clean(t, w) for t, w in zip(ut, wt)] for ut, wt in zip(units.tolist(), waits)]))
             rows.append({"model": name, "source": source, "cores": n, "units": len(pred),

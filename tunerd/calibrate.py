@@ -467,6 +467,7 @@ class Sample:
     core_type: str
     cores: int
     ms: float
+    clean: bool = True    # at least three runs without waiting for a CPU (or no way to know)
 
 
 class Progress:
@@ -533,7 +534,8 @@ def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False
                     time.sleep(0.02)
                 rec = child.request({**(base if n == 1 else multi), "layers": [[op, list(params)]],
                                      "index": [i]})[0]
-                samples.append(Sample(i, cluster.core_type, n, float(rec["ms"]) / speed))
+                samples.append(Sample(i, cluster.core_type, n, float(rec["ms"]) / speed,
+                                      int(rec.get("clean", 3)) >= 3))
                 bar.step(f"{cluster.name}:{n} {op}")
     finally:
         for child in children:
@@ -651,7 +653,8 @@ def llc_bytes(cpu: int = 0, sysfs_root: str | os.PathLike = "/sys") -> int:
 
 
 def _fit_parallel(table, by_n: Mapping[int, Any], coeffs):
-    """Fit alpha per kind, alpha_mem, sync_us and par_half_ms on the multi-core times."""
+    """Fit alpha per kind, alpha_mem, sync_us and par_half_ms on the multi-core times
+    (``by_n``: cores -> (ms per layer, mask of the layers to fit on))."""
     import numpy as np
     from .costmodel import KINDS, unit_ms
     if not by_n:
@@ -660,9 +663,9 @@ def _fit_parallel(table, by_n: Mapping[int, Any], coeffs):
     def loss(c) -> float:
         # NOTE: absolute log error: a median-like fit that a few stalled timings cannot pull
         total = 0.0
-        for n, ms in by_n.items():
+        for n, (ms, use) in by_n.items():
             pred = unit_ms(table, c, n)
-            total += float(np.sum(np.abs(np.log(pred / ms))))
+            total += float(np.sum(np.abs(np.log(pred[use] / ms[use]))))
         return total
 
     grid_a = [0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0]
@@ -707,14 +710,17 @@ def fit(samples: Sequence[Sample], sweep: Sequence[tuple[str, tuple]], *, quick:
     coeffs, report = {}, {}
     for core_type in sorted({s.core_type for s in samples}):
         by_n: dict[int, np.ndarray] = {}
+        clean: dict[int, np.ndarray] = {}
         for n in sorted({s.cores for s in samples if s.core_type == core_type}):
             arr = np.full(len(sweep), np.nan)
+            ok = np.zeros(len(sweep), dtype=bool)
             for s in samples:
                 if s.core_type == core_type and s.cores == n:
                     arr[s.layer] = s.ms
+                    ok[s.layer] = s.clean
             if np.isnan(arr).any():
                 raise PlatformError(f"calibration of {core_type!r} on {n} cores is missing layers")
-            by_n[n] = arr
+            by_n[n], clean[n] = arr, ok
         if 1 not in by_n:
             raise PlatformError(f"calibration of {core_type!r} has no 1-core times")
         # the "peak" is the best GEMM rate seen on one core, so efficiencies read as fractions of it
@@ -727,7 +733,10 @@ def fit(samples: Sequence[Sample], sweep: Sequence[tuple[str, tuple]], *, quick:
             grid = list(itertools.product([0.0, 8.0, 32.0, 96.0], [0.0, 16.0, 64.0, 256.0],
                                           [0.0, 16.0, 64.0, 192.0], [0.0, 64.0, 256.0]))
         c1 = _fit_single(table, by_n[1], gflops, core_type, grid, float(llc.get(core_type, 8 * 2**20)))
-        multi = {n: ms for n, ms in by_n.items() if n > 1}
+        # NOTE: multi-core timings are the ones a loaded machine spoils: fit on the clean layers
+        # when there are enough of them
+        multi = {n: (ms, clean[n] if clean[n].sum() >= max(8, len(ms) // 4) else np.ones(len(ms), bool))
+                 for n, ms in by_n.items() if n > 1}
         c = _fit_parallel(table, multi, c1)
         c = c.with_(source="calibration")
         coeffs[core_type] = c
@@ -735,6 +744,7 @@ def fit(samples: Sequence[Sample], sweep: Sequence[tuple[str, tuple]], *, quick:
         for n, ms in by_n.items():
             pred = unit_ms(table, c, n)
             rep[f"median_abs_err_{n}"] = round(float(np.median(np.abs(pred - ms) / ms)), 4)
+            rep[f"clean_layers_{n}"] = int(clean[n].sum())
         report[core_type] = rep
     return coeffs, report
 
@@ -749,7 +759,8 @@ def refit(cal: Calibration) -> Calibration:
         if key not in index:
             index[key] = len(sweep)
             sweep.append(key)
-        samples.append(Sample(index[key], rec["core_type"], int(rec["cores"]), float(rec["ms"])))
+        samples.append(Sample(index[key], rec["core_type"], int(rec["cores"]), float(rec["ms"]),
+                              bool(rec.get("clean", True))))
     if not samples:
         raise HintsError("the calibration holds no samples to refit")
     llc = {c["core_type"]: c.get("llc_bytes", 8 * 2**20) for c in cal.platform.get("clusters", [])}
@@ -782,7 +793,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
         date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         machine=machine_info(), quick=quick, fit=report,
         samples=[{"op": sweep[s.layer][0], "params": list(sweep[s.layer][1]), "core_type": s.core_type,
-                  "cores": s.cores, "ms": float(f"{s.ms:.7g}")} for s in samples])
+                  "cores": s.cores, "ms": float(f"{s.ms:.7g}"), "clean": s.clean} for s in samples])
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--child"]:

@@ -429,7 +429,7 @@ def hints_for_platform(model, platform, *, cache_dir: str | os.PathLike | None =
         if calibration is None:
             log.warning("no calibration for platform %s; running a quick one (run `tunerd calibrate` "
                         "for better hints)", platform.describe())
-            cal = calibrate(platform, quick=True, sysfs_root=sysfs_root)
+            cal = calibrate(platform, quick=True, sysfs_root=sysfs_root, progress=False)
             target = candidates[0]
             try:
                 save_calibration(cal, target)
