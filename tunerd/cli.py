@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "tunerd.commands.calibrate",
     "tunerd.commands.simulate",
     "tunerd.commands.serve",
+    "tunerd.commands.keygen",
 ]
 
 

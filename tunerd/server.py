@@ -477,5 +477,9 @@ class Daemon:
                 sock.close(linger=0)
                 if addr.startswith("ipc://"):
                     Path(addr[len("ipc://"):]).unlink(missing_ok=True)
+            if self.cfg.curve_secret_key_file:
+                # NOTE: the ZAP handler's thread holds sockets of this context: term() would wait for ever
+                from .security import stop_curve_server
+                stop_curve_server(self._ctx)
             self._ctx.term()
             self._ctx = None
