@@ -5,6 +5,7 @@ unknown section or key is an error (a typo must not silently fall back to a defa
 """
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ class DaemonConfig:
     control: str = "ipc:///run/tunerd/control.sock"
     state_dir: str = "/var/lib/tunerd"
     log_level: str = "info"
+    allow_remote: bool = False
     # [model]
     source: str = "zoo:mobilenet"
     input_size: int | None = None
@@ -48,7 +50,7 @@ class DaemonConfig:
 
 
 SECTIONS = {
-    "daemon": ("frames", "control", "state_dir", "log_level"),
+    "daemon": ("frames", "control", "state_dir", "log_level", "allow_remote"),
     "model": ("source", "input_size"),
     "platform": ("spec", "sysfs_root", "poll_interval_s"),
     "tuner": ("budget", "seed", "population", "window_frames", "drift_threshold", "pin"),
@@ -62,8 +64,8 @@ def _check_type(key: str, value):
     want = _TYPES[key]
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str)}
-    kinds = [k for k in ("int", "float", "str") if k in want]
+          "str": isinstance(value, str), "bool": isinstance(value, bool)}
+    kinds = [k for k in ("int", "float", "str", "bool") if k in want]
     if not any(ok[k] for k in kinds):
         raise ConfigError(f"config key {key!r} must be {' or '.join(kinds)}, got {value!r}")
     return value
@@ -116,3 +118,22 @@ def validate(cfg: DaemonConfig) -> None:
         addr = getattr(cfg, key)
         if not addr.startswith(("ipc://", "tcp://", "inproc://")):
             raise ConfigError(f"{key} address must be ipc://PATH or tcp://HOST:PORT, got {addr!r}")
+        if addr.startswith("tcp://") and not cfg.allow_remote and not is_loopback_tcp(addr):
+            raise ConfigError(f"{key} address {addr} is reachable from other hosts; set [daemon] allow_remote = "
+                              "true to serve them (with [security] CURVE on), or bind tcp://127.0.0.1:PORT")
+
+
+def is_loopback_tcp(addr: str) -> bool:
+    """Whether a ``tcp://HOST:PORT`` bind address listens on loopback only. ``*``, ``0.0.0.0``,
+    an interface name or a hostname other than localhost count as remote (a name may resolve or
+    name an interface elsewhere; only literal loopback addresses are sure)."""
+    host = addr[len("tcp://"):].rpartition(":")[0]
+    if ";" in host:                 # zmq's "tcp://SOURCE;HOST:PORT" form is for connect, not bind
+        return False
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
