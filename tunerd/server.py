@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ log = logging.getLogger("tunerd")
 
 DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
 HISTORY_FPS = 60        # evaluations shown in status' sparkline data
+
+
+def _ipc_in_use(path: Path) -> bool:
+    """Whether some process accepts connections on the unix socket ``path`` (a stale one refuses)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True    # e.g. no permission: it cannot be told stale, so it is left alone
+    finally:
+        probe.close()
+    return True
 
 
 @dataclass
@@ -142,17 +157,11 @@ class Daemon:
             path = Path(addr[len("ipc://"):])
             if not path.exists():
                 continue
-            if addr == self.cfg.control:
-                from .client import ControlClient, DaemonNotRunning
-                try:
-                    with ControlClient(addr, timeout=1.0) as ctl:
-                        ctl.call("hello")
-                except DaemonNotRunning:
-                    pass
-                except TunerdError:
-                    pass
-                else:
-                    raise ConfigError(f"another tunerd is already serving on {addr}")
+            # NOTE: a plain connect tells a live socket from a stale file whatever the peer speaks; a
+            # control `hello` failed against a CURVE daemon (no keys) and the frames socket went
+            # unchecked, so a second daemon removed a live one's sockets and took them over.
+            if _ipc_in_use(path):
+                raise ConfigError(f"another tunerd is already serving on {addr}")
             log.warning("removing stale socket %s (left by a daemon that did not stop cleanly)", path)
             path.unlink(missing_ok=True)
 
