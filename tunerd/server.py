@@ -37,6 +37,8 @@ from .state import StateStore, platform_signature
 log = logging.getLogger("tunerd")
 
 DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
+REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
+MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
 HISTORY_FPS = 60        # evaluations shown in status' sparkline data
 
 
@@ -81,6 +83,7 @@ class Daemon:
         self.frames_served = 0
         self.frames_failed = 0
         self.replies_dropped = 0
+        self._held: dict[bytes, float] = {}    # client -> since when its replies cannot leave (pipe full)
         self.events: deque[dict] = deque(maxlen=20)
         self._last_monitor = 0.0
         self._last_watchdog = 0.0
@@ -229,10 +232,11 @@ class Daemon:
         poller.register(self.control, zmq.POLLIN)
         for h in self.pipeline.handles():
             poller.register(h, zmq.POLLIN)
-        busy = bool(self._queue) or self.pipeline.pending
+        busy = bool(self._queue) or self.pipeline.pending or bool(self._held)
         poller.poll(int(1000 * (min(timeout, 0.01) if busy else timeout)))
         self._read_frames()
         self._read_control()
+        self._retry_held()
         self._feed()
         outcomes = self.pipeline.poll(0)
         self.live.on_outcomes(outcomes)
@@ -308,18 +312,38 @@ class Daemon:
         self._flush(req.identity)
 
     def _flush(self, identity: bytes) -> None:
-        """Send this client's replies that are ready, in its send order."""
+        """Send this client's replies that are ready, in its send order.
+
+        EAGAIN (its pipe holds SNDHWM replies) keeps the rest for a later tick: a burst of replies
+        fills the pipe faster than the I/O thread drains it even when the client reads. A client whose
+        replies cannot leave for REPLY_STALL_S, or with MAX_HELD_REPLIES requests waiting, does not
+        read: its ready replies are dropped. EHOSTUNREACH: the client is gone, its replies dropped.
+        """
         order = self._order.get(identity)
         while order and self._requests[order[0]].reply is not None:
-            req = self._requests.pop(order.popleft())
+            req = self._requests[order[0]]
             try:
                 self.frames.send_multipart([identity, *req.reply], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                now = self.clock()
+                since = self._held.setdefault(identity, now)
+                if now - since < REPLY_STALL_S and len(order) <= MAX_HELD_REPLIES:
+                    return                       # try again on a later tick
+                self.replies_dropped += 1
+                log.debug("reply to a client dropped: it has not read for %.1f s", now - since)
             except zmq.ZMQError as err:
-                # EHOSTUNREACH: the client is gone; EAGAIN: it does not read (its buffer is full)
                 self.replies_dropped += 1
                 log.debug("reply to a client dropped: %s", err)
+            else:
+                self._held.pop(identity, None)
+            del self._requests[order.popleft()]
         if order is not None and not order:
             del self._order[identity]
+            self._held.pop(identity, None)
+
+    def _retry_held(self) -> None:
+        for identity in list(self._held):
+            self._flush(identity)
 
     # ------------------------------------------------------------------ control
     def _read_control(self) -> None:
@@ -461,10 +485,13 @@ class Daemon:
             seq, _ = self._queue.popleft()
             self._reply_error(seq, protocol.SHUTTING_DOWN, "tunerd is shutting down")
         deadline = self.clock() + DRAIN_S
-        while self.pipeline.pending and self.clock() < deadline:
+        while (self.pipeline.pending or self._held) and self.clock() < deadline:
             self._read_frames()
-            for o in self.pipeline.poll(0.05):
+            for o in self.pipeline.poll(0.05 if self.pipeline.pending else 0):
                 self._answer_outcome(o)
+            self._retry_held()
+            if self._held and not self.pipeline.pending:
+                time.sleep(0.01)
         best = self.tuner.best
         if best and self.tuner.state == states.CONVERGED:
             self._on_converged(best[0], best[1])
