@@ -60,7 +60,10 @@ def test_ask_tell_lifecycle_and_budget():
     assert tuner.state == states.CONVERGED and tuner.converged
     assert tuner.ask() is None
     config, fps = tuner.best
-    assert fps == max(np.mean(v) for v in tuner.measured.values())
+    assert fps == np.mean(tuner.measured[str(config)])
+    estimates = tuner.estimates()
+    assert estimates[str(config)] == max(estimates.values())
+    assert fps >= 0.95 * max(np.mean(v) for v in tuner.measured.values())
     for h in tuner.history:
         assert set(h) >= {"index", "config", "fps", "time", "state", "predicted_fps", "reason"}
         assert h["reason"] in {"hints", "first", "exploit", "re-measure", "explore", "near-tie"}

@@ -19,14 +19,17 @@ What makes it evaluate few, well-chosen configs:
 - candidates are ranked by the surrogate; live evaluation goes, in this order, to one expected to
   beat the incumbent by ``promise``; else to a re-measurement of the incumbent or a contender
   within noise of it (measurements are cached per config and averaged, so a lucky noisy one does
-  not stick); else to the best **optimistic** candidate (every cell ``explore_kappa`` standard
-  deviations faster; the DSE on that optimistic table proposes too) if it could beat the incumbent
-  and its mean estimate is within ``explore_floor`` of it.
+  not stick; the incumbent is chosen on its mean measured fps combined with the surrogate's
+  figure, which averages many unit timings); else to the best **optimistic** candidate (every
+  cell ``explore_kappa`` standard deviations faster; the DSE on that optimistic table proposes
+  too) if it could beat the incumbent and its mean estimate is within ``explore_floor`` of it;
+  else to a near-tie (see :meth:`Tuner._choose`).
 
-It converges when the best measured fps has not improved by ``gain_threshold`` for ``patience``
-generations that evaluated a new config (re-measurements do not count), when ``idle_patience`` generations in a row found nothing
-worth evaluating, or when the episode's budget is spent. ``retune(speed_factors)`` warm-starts a
-new episode from the population and the cost table scaled to the new frequencies.
+It converges when the incumbent has not improved by ``gain_threshold`` for ``patience``
+generations that evaluated a new config (re-measurements do not count), when ``idle_patience``
+generations in a row found nothing worth evaluating, or when the episode's budget is spent.
+``retune(speed_factors)`` warm-starts a new episode from the population and the cost table
+scaled to the new frequencies.
 """
 from __future__ import annotations
 
@@ -142,6 +145,14 @@ class CostTable:
 
     def variance(self, core_type: str) -> np.ndarray:
         return self.cells(core_type)[2]
+
+    def workers_seen(self, core_type: str) -> set[int]:
+        """Worker counts measurements of this core type were taken under."""
+        return {w + 1 for w in range(self.count[core_type].shape[0]) if self.count[core_type][w].any()}
+
+    def contention_identified(self, core_type: str) -> bool:
+        """Whether some cell was measured under two worker counts (so alpha is learnt, not assumed)."""
+        return bool(((self.count[core_type] > 0).sum(axis=0) >= 2).any())
 
     def learn_contention(self) -> dict[str, float]:
         """Fit alpha per core type on cells measured under two or more worker counts (least
@@ -331,6 +342,7 @@ class Tuner:
         self._dse_last: dict[str, list[str]] = {}
         self._reasons: dict[str, str] = {}  # why each queued config is to be evaluated
         self._optimistic_model: PipelineModel | None = None
+        self._estimates_cache: tuple[Any, dict[str, float]] | None = None
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -339,6 +351,7 @@ class Tuner:
 
     @property
     def best(self) -> tuple[PipelineConfig, float] | None:
+        """The incumbent (best estimate, see :meth:`estimates`) and its mean measured fps."""
         key = self._best_key()
         return None if key is None else (parse_config(key), self._mean(key))
 
@@ -441,7 +454,7 @@ class Tuner:
                 raise ConfigError(f"speed factor for {name!r} must be > 0, got {factor!r}")
             self.speeds[name] = float(factor)
         self.cost.soften(1)
-        self._model = self._optimistic_model = None
+        self._model = self._optimistic_model = self._estimates_cache = None
         self.measured = {}
         self.queue = []
         self.pending = []
@@ -497,9 +510,41 @@ class Tuner:
         return float(np.mean(self.measured[key]))
 
     def _best_key(self) -> str | None:
+        """The incumbent: the measured config with the best :meth:`estimate`."""
         if not self.measured:
             return None
-        return max(self.measured, key=lambda k: (self._mean(k), len(self.measured[k])))
+        estimates = self.estimates()
+        return max(self.measured, key=lambda k: (estimates[k], len(self.measured[k])))
+
+    def estimates(self) -> dict[str, float]:
+        """Best estimate of each measured config's fps: its mean measured fps combined with the
+        surrogate's figure for it (which, its cells all measured, averages many unit timings and
+        so is less noisy than a few fps measurements), weighted by their variances. The
+        surrogate's own error is learnt from how far it lands from the measured means."""
+        model = self.surrogate() if self.params["use_hints"] else None
+        key = (id(model), self.evaluations, len(self.measured))
+        if self._estimates_cache is not None and self._estimates_cache[0] == key:
+            return self._estimates_cache[1]
+        means = {k: self._mean(k) for k in self.measured}
+        if model is None:
+            out = means
+        else:
+            noise = self.noise()
+            surr = {k: model.fps(parse_config(k)) for k in self.measured}
+            logs = np.array([math.log(means[k] / surr[k]) for k in self.measured if means[k] > 0 and surr[k] > 0])
+            bias = float(np.median(logs)) if logs.size else 0.0
+            inv_n = np.mean([1.0 / len(v) for v in self.measured.values()])
+            excess = float(((logs - bias) ** 2).sum()) - logs.size * noise ** 2 * inv_n if logs.size else 0.0
+            prior = 3.0
+            model_var = max(1e-4, (excess + prior * 0.03 ** 2) / (logs.size + prior))
+            out = {}
+            for k, m in means.items():
+                w_meas = len(self.measured[k]) / noise ** 2
+                w_model = 1.0 / model_var
+                s_k = surr[k] * math.exp(bias)
+                out[k] = (m * w_meas + s_k * w_model) / (w_meas + w_model) if m > 0 else m
+        self._estimates_cache = (key, out)
+        return out
 
     def _converge(self) -> None:
         self.state = states.CONVERGED
@@ -661,10 +706,12 @@ class Tuner:
     def _choose(self, candidates: Sequence[Genome], room: int, model: PipelineModel) -> list[str]:
         """What to evaluate live, first rule that yields (see the module docstring):
 
-        1. exploit: unmeasured candidates the surrogate expects to beat the incumbent by ``promise``;
+        1. exploit: unmeasured candidates the surrogate expects to beat the incumbent by ``promise``
+           (its surrogate estimate and, calibrated, its measured mean);
         2. re-measure the incumbent or a close contender (see _elites_to_remeasure);
         3. explore: of the candidates whose optimistic estimate beats the incumbent's own and
-           whose mean estimate is at least ``explore_floor`` of the incumbent's, the best mean;
+           whose mean estimate is at least ``explore_floor`` of the incumbent's, one that would
+           identify a cluster's contention if any, else the best mean;
         4. refine: near-ties, mean estimate within ``near_tie`` of the incumbent's, best first
            (the surrogate cannot tell them apart; the stale patience bounds how many).
         """
@@ -675,8 +722,11 @@ class Tuner:
         ref = model.fps(parse_config(best)) if best is not None else 0.0
         fresh = [g for g in candidates if self.space.key(g) not in self.measured]
         fresh.sort(key=lambda g: g.fitness.values[0], reverse=True)
+        # to be worth it, a candidate must also beat what the incumbent measured (on the
+        # surrogate's scale): a lucky measurement is re-measured before the search moves on
+        bar = max(ref, self.estimates()[best] * self._calibration(model)) if best is not None else 0.0
         chosen = [self.space.key(g) for g in fresh
-                  if g.fitness.values[0] >= p["promise"] * ref][:room]
+                  if g.fitness.values[0] >= p["promise"] * bar][:room]
         if chosen or best is None:
             return self._why(chosen, "exploit" if best is not None else "first")
         chosen = self._elites_to_remeasure()[:room]
@@ -696,13 +746,29 @@ class Tuner:
                 continue
             ucb = optimistic.fps(self.space.to_config(g))
             if ucb > bar:
+                # first those that would teach the contention of a cluster not yet learnt, then
                 # the safest of those that could win: best mean estimate first
-                scored.append((g.fitness.values[0], ucb, self.space.key(g)))
+                scored.append((self._teaches_contention(g), g.fitness.values[0], ucb, self.space.key(g)))
         scored.sort(reverse=True)
         if scored:
-            return self._why([key for _mean, _ucb, key in scored[:room]], "explore")
+            return self._why([key for _teach, _mean, _ucb, key in scored[:room]], "explore")
         return self._why([self.space.key(g) for g in fresh if g.fitness.values[0] >= p["near_tie"] * ref][:room],
                          "near-tie")
+
+    def _calibration(self, model: PipelineModel) -> float:
+        """Median ratio surrogate / measured mean over the measured configs (1 = unbiased)."""
+        ratios = [model.fps(parse_config(k)) / self._mean(k) for k in self.measured if self._mean(k) > 0]
+        return float(np.median(ratios)) if ratios else 1.0
+
+    def _teaches_contention(self, genome: Genome) -> bool:
+        """Whether evaluating this config measures a cluster whose contention is not identified
+        yet under a worker count not seen so far."""
+        workers: dict[str, int] = {}
+        for s in self.space.to_config(genome).stages:
+            workers[s.cluster] = workers.get(s.cluster, 0) + s.replicas
+        types = {c.name: c.core_type for c in self.clusters}
+        return any(not self.cost.contention_identified(types[name]) and self.cost.workers_seen(types[name])
+                   and w not in self.cost.workers_seen(types[name]) for name, w in workers.items())
 
     def _why(self, keys: list[str], reason: str) -> list[str]:
         for key in keys:
@@ -713,7 +779,7 @@ class Tuner:
         """Convergence: no gain for `patience` evaluating generations, or `idle_patience` idle ones."""
         p = self.params
         best = self._best_key()
-        current = self._mean(best) if best is not None else 0.0
+        current = self.estimates()[best] if best is not None else 0.0
         if current > self._ref_best * (1 + p["gain_threshold"]):
             self._ref_best = current
             self._stale = 0
