@@ -160,6 +160,9 @@ def test_checkpoint_round_trip_resumes_identically():
     assert _drive(a, sim_a, 30) == _drive(b, sim_b, 30)
     assert a.to_state()["history"][-1]["config"] == b.to_state()["history"][-1]["config"]
     assert a.state == b.state and a.best == b.best
+    c = _tuner(board=HIKEY, n=9, seed=5, budget=30)
+    c.adopt("0-8@big:4", 10.0)
+    assert Tuner.from_state(json.loads(json.dumps(c.to_state()))).to_state() == c.to_state()
     with pytest.raises(TunerdError, match="version"):
         Tuner.from_state({**state, "version": 99})
     with pytest.raises(TunerdError, match="bad tuner state"):

@@ -814,6 +814,7 @@ class Tuner:
             "idle": self._idle, "queued_last": self._queued_last, "searched_last": self._searched_last,
             "dse_last": {k: list(v) for k, v in self._dse_last.items()},
             "reasons": dict(self._reasons),
+            "verify": list(self._verify) if self._verify is not None else None,
             "rng": [version, list(internal), gauss],
         }
 
@@ -843,6 +844,8 @@ class Tuner:
             tuner._searched_last = bool(data["searched_last"])
             tuner._dse_last = {k: list(v) for k, v in data.get("dse_last", {}).items()}
             tuner._reasons = dict(data.get("reasons", {}))
+            verify = data.get("verify")
+            tuner._verify = (str(verify[0]), float(verify[1]), float(verify[2])) if verify else None
             version, internal, gauss = data["rng"]
             tuner.rng.setstate((version, tuple(internal), gauss))
         except (KeyError, TypeError, ValueError) as err:
