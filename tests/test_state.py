@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from tunerd.state import StateStore, atomic_write_json, read_json
 
@@ -38,3 +39,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert store.load_checkpoint("m", "p") is None
     store.save_checkpoint("m", "p", {"population": [[1, 2]], "evaluations": 3})
     assert store.load_checkpoint("m", "p") == {"population": [[1, 2]], "evaluations": 3}
+
+
+def test_temp_files_of_dead_writers_are_swept(tmp_path):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "tuned").mkdir()
+    stale = tmp_path / "tuned" / f".abc.json.{dead.pid}.tmp"
+    stale.write_text("{")
+    mine = tmp_path / "tuned" / f".def.json.{os.getpid()}.tmp"
+    mine.write_text("{")
+    StateStore(tmp_path)
+    assert not stale.exists() and mine.exists()

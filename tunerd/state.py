@@ -52,9 +52,26 @@ def platform_signature(platform) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def sweep_temp_files(directory: Path) -> int:
+    """Remove the temp files of writers that died mid-write (``.NAME.PID.tmp`` of a dead PID)."""
+    import psutil
+    removed = 0
+    for tmp in directory.glob("*/.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class StateStore:
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory)
+        if self.dir.is_dir() and (removed := sweep_temp_files(self.dir)):
+            log.info("removed %d temp files left by interrupted state writes", removed)
 
     def _key(self, model_hash: str, platform_sig: str, freq_state: str) -> str:
         return hashlib.sha256(f"{model_hash}|{platform_sig}|{freq_state}".encode()).hexdigest()[:24]
