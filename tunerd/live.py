@@ -44,12 +44,17 @@ class _Window:
     periods: list[list[float]] = field(default_factory=list)   # per stage: compute_ms / replicas
 
     def bottleneck(self) -> tuple[float, float]:
-        """Mean bottleneck period (ms) and its relative standard error."""
-        means = [float(np.mean(p)) for p in self.periods]
-        i = int(np.argmax(means))
-        p = self.periods[i]
-        rse = float(np.std(p, ddof=1) / math.sqrt(len(p)) / means[i]) if len(p) > 1 else math.inf
-        return means[i], rse
+        """Median bottleneck period (ms) and its relative standard error.
+
+        NOTE: medians, because on a shared machine a few frames preempted by other processes (or
+        one lucky quiet stretch) would otherwise move the fitness; the error uses the MAD."""
+        medians = [float(np.median(p)) for p in self.periods]
+        i = int(np.argmax(medians))
+        p = np.asarray(self.periods[i])
+        if len(p) < 2:
+            return medians[i], math.inf
+        sigma = 1.4826 * float(np.median(np.abs(p - medians[i])))
+        return medians[i], 1.2533 * sigma / math.sqrt(len(p)) / medians[i]
 
 
 class LiveTuning:
