@@ -591,8 +591,10 @@ class Tuner:
             seeds = self._dse(p["dse_top_k"]) + self._balanced_seeds()
             seeds += [self.space.random_genome(self.rng) for _ in range(p["random_seeds"])]
             self.population = self._dedupe(seeds)
-            # the first live evaluation is the DSE's best on the predictions
-            self.queue = self._why([self.space.key(seeds[0])], "hints")
+            # the first live evaluation: of the DSE's best configs on the predictions, the one
+            # expected to do best once the predictions' errors are accounted for
+            first = self._robust_choice(self._dedupe(self._dse(p["dse_top_k"]) + self._balanced_seeds()))
+            self.queue = self._why([self.space.key(first)], "hints")
         else:
             pop = []
             for _ in range(p["population_size"] * 4):
@@ -603,6 +605,31 @@ class Tuner:
             self.pending = pop
             self.queue = self._why([self.space.key(g) for g in pop], "random")
         self._queued_last = self._searched_last = True
+
+    def _robust_choice(self, genomes: Sequence[Genome], samples: int = 64) -> Genome:
+        """The genome with the best mean fps over tables drawn around the current estimate with
+        each cell's uncertainty (errors shared by a unit across core counts, correlated across
+        core types as learnt). Balanced pipelines whose every stage is near the bottleneck lose
+        more to errors than their nominal figure says; this prefers robust ones."""
+        if len(genomes) == 1:
+            return genomes[0]
+        est, sd = self.cost.estimate(), self.cost.uncertainty()
+        rho = self.cost.learnt.get("rho", CostTable.RHO_PRIOR)
+        rng = np.random.default_rng([self.params["rng_seed"], self.evaluations, self.retunes])
+        configs = [self.space.to_config(g) for g in genomes]
+        base = self.surrogate()
+        totals = np.zeros(len(genomes))
+        n = self.n_units
+        for _ in range(samples):
+            shared = rng.standard_normal(n)
+            drawn = {}
+            for t, ms in est.predicted_ms.items():
+                z = math.sqrt(rho) * shared + math.sqrt(1 - rho) * rng.standard_normal(n)
+                drawn[t] = ms * np.exp(sd[t] * z[:, None])
+            model = PipelineModel(UnitCostTable(drawn, est.out_bytes), self.current_clusters,
+                                  interconnect_gbs=base.interconnect_gbs, contention=base.contention)
+            totals += [model.fps(c) for c in configs]
+        return genomes[int(np.argmax(totals))]
 
     def _dedupe(self, genomes: Sequence[Genome]) -> list[Genome]:
         seen, out = set(), []
