@@ -8,10 +8,14 @@ Methods (side by side, same boards x models x seeds, same simulated truth):
   random     random search over valid configs
   hill       hill climbing from the hints' DSE config (first improvement, random neighbours)
 
-Per method: found/optimum (median, worst), evaluations to reach 95% and 99% of the optimum
-(median; '>B' = never within the budget), share of evaluated candidates within 10% of the optimum,
-mean throughput served during the budget as a share of the optimum, and after a DVFS change the
-evaluations to get back within 5% (median, worst).
+Per method: found/optimum (median, worst; "found" is the true fps of the config the method would
+serve), evaluations until that config is within 95% and 99% of the optimum (median; '>B' = never
+within the budget B), share of evaluated candidates truly within 10% of the optimum (pooled),
+mean true throughput over the B measurement windows as a share of the optimum (a method that
+stops early serves its best config for the rest), and after a DVFS change (the fastest cluster
+slowed to --dvfs-factor at window --dvfs-at) the evaluations to get back within 5% of the new
+optimum (median, worst). The optimum is exhaustive (tunerd.dse.exhaustive_optimum) on the
+simulated truth.
 
   tools/bench_search.py --tables-from synthetic --seeds 5 [--json out.json] [--plot DIR]
 """

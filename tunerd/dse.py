@@ -10,6 +10,9 @@ one vectorised numpy step per stage. Layouts are enumerated depth first so that 
 prefix share its DP steps, with branch and bound: a prefix is dropped when a lower bound on any
 completion (its own DP vector combined with a work/capacity bound on the remaining units) cannot
 beat the k-th best found so far. The result is exact: nothing that could enter the top k is pruned.
+With bandwidth contention (a stage's slowdown depends on how many workers its cluster ends up
+with) prefixes are costed with the workers placed so far, a lower bound, and complete layouts
+are re-split exactly; ``seeds`` (e.g. the previous results) only make the bound bite sooner.
 """
 from __future__ import annotations
 
