@@ -262,7 +262,8 @@ def soak(frames: str, control: str, pid: int | None, *, clients: int = 16, in_fl
             failures.append(f"PSS grew by {growth / 2**20:.1f} MiB")
         # NOTE: a pipeline restart (after a worker was killed) drops the pool of spare rings: fewer
         # descriptors afterwards is fine, more is a leak
-        if end.fds > base.fds or end.memfds > base.memfds or end.dev_shm > base.dev_shm:
+        # (a few descriptors of just-closed client connections may still be open in ZeroMQ's I/O thread)
+        if end.fds > base.fds + 8 or end.memfds > base.memfds or end.dev_shm > base.dev_shm:
             failures.append(f"descriptors grew under load: {base.to_dict()} -> {end.to_dict()}")
         if closed.fds > base.fds or closed.memfds > base.memfds or closed.dev_shm:
             failures.append(f"descriptors left after the clients went: {closed.to_dict()}")
