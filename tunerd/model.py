@@ -35,6 +35,17 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tunerd"
 
 
+def check_frame(x, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` if it is a float32 numpy array of ``shape``, else a ModelError saying what is wrong."""
+    if not isinstance(x, np.ndarray):
+        raise ModelError(f"input must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ModelError(f"input dtype must be float32, got {x.dtype}")
+    if tuple(x.shape) != tuple(shape):
+        raise ModelError(f"input shape must be {list(shape)}, got {list(x.shape)}")
+    return x
+
+
 class Model:
     def __init__(self, graph: Graph, *, path: Path | None = None, source: str | None = None,
                  content_hash: str | None = None):
@@ -73,13 +84,7 @@ class Model:
 
     # ------------------------------------------------------------------ execution
     def check_input(self, x) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise ModelError(f"input must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise ModelError(f"input dtype must be float32, got {x.dtype}")
-        if tuple(x.shape) != self.input_shape:
-            raise ModelError(f"input shape must be {list(self.input_shape)}, got {list(x.shape)}")
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(check_frame(x, self.input_shape))
 
     def plan(self, first_unit: int = 0, last_unit: int | None = None) -> ExecutionPlan:
         """An execution plan for units first_unit..last_unit (inclusive)."""

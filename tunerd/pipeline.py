@@ -48,6 +48,7 @@ import numpy as np
 from . import worker as worker_mod
 from .costtable import CostTable
 from .errors import ConfigError, ModelError, TunerdError
+from .model import check_frame
 from .pipeconfig import PipelineConfig, assign_cpus, parse_config, validate
 from .platform import Platform, resolve_platform
 from .shm import Ring, slot_size
@@ -424,13 +425,7 @@ class Pipeline:
         return validate(config, self.n_units, self.platform.clusters)
 
     def _check_input(self, array) -> np.ndarray:
-        if not isinstance(array, np.ndarray):
-            raise ModelError(f"a frame must be a numpy array, got {type(array).__name__}")
-        if array.dtype != np.float32:
-            raise ModelError(f"a frame must be float32, got {array.dtype}")
-        if tuple(array.shape) != self.input_shape:
-            raise ModelError(f"a frame must have shape {list(self.input_shape)}, got {list(array.shape)}")
-        return array
+        return check_frame(array, self.input_shape)
 
     # ------------------------------------------------------------------ epochs and workers
     def _ring(self) -> Ring:

@@ -66,8 +66,10 @@ class _Request:
 
 class Daemon:
     def __init__(self, cfg: DaemonConfig, *, clock: Callable[[], float] = time.monotonic,
-                 notifier: Notifier | None = None, hints_provider: Callable | None = None):
+                 notifier: Notifier | None = None, hints_provider: Callable | None = None,
+                 config_path: str | None = None):
         self.cfg = cfg
+        self.config_path = config_path    # re-read on SIGHUP
         self.clock = clock
         self.notify = notifier or Notifier.from_env()
         self._watchdog_s = watchdog_interval()
@@ -463,7 +465,7 @@ class Daemon:
     def reload(self) -> None:
         from .config import load_config
         try:
-            fresh = load_config(self._config_path, required=False) if getattr(self, "_config_path", None) else None
+            fresh = load_config(self.config_path, required=False) if self.config_path else None
         except TunerdError as err:
             log.error("reload failed, keeping the running config: %s", err)
             return

@@ -37,8 +37,7 @@ def run(args) -> int:
     }, required=bool(args.config))
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(cfg)
-    daemon._config_path = path
+    daemon = Daemon(cfg, config_path=path)
     try:
         daemon.start()
     except BaseException:
