@@ -71,16 +71,22 @@ def second_process_memory(model) -> dict:
     return result
 
 
-def bench(name: str, frames: int, tmp: Path) -> dict:
-    from threadpoolctl import threadpool_limits
+def build(name: str, tmp: Path):
+    """(model, path of the same network as ONNX) for one of NETWORKS."""
     light = NETWORKS[name]
     if light:
         path = light_with_random_weights(light, tmp)
-        model = tunerd.load_model(path)
-    else:
-        model = tunerd.load_model(f"zoo:{name}")
-        path = tmp / f"{name}.onnx"
-        export_onnx(model.graph, path)
+        return tunerd.load_model(path), path
+    model = tunerd.load_model(f"zoo:{name}")
+    path = tmp / f"{name}.onnx"
+    export_onnx(model.graph, path)
+    return model, path
+
+
+def bench(name: str, frames: int, tmp: Path) -> dict:
+    from threadpoolctl import threadpool_limits
+    light = NETWORKS[name]
+    model, path = build(name, tmp)
     sess = ort_session(path)
     feed_name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
