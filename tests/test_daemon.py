@@ -6,7 +6,6 @@ leads to a retune, SIGTERM exits 0, and a restart reuses the stored config.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,50 +21,14 @@ import zmq
 
 import tunerd
 from tunerd import protocol
-from tunerd.client import Client, ControlClient, RemoteError
+from tunerd.client import Client, ControlClient
 
-MODEL, SIZE = "zoo:squeezenet", 32
-SPEC = "emulate:big=0@1.0,little=1@0.5"
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from harness import BIN, MODEL, SIZE, SPEC, DaemonProcess  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
                                 reason="needs CPUs 0 and 1")
-
-
-class Daemon:
-    def __init__(self, tmp: Path, sysfs: Path, *extra: str):
-        self.frames = f"ipc://{tmp}/frames.sock"
-        self.control = f"ipc://{tmp}/control.sock"
-        self.log = open(tmp / "daemon.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "tunerd"), "serve", "--model", MODEL, "--input-size", str(SIZE), "--platform", SPEC,
-             "--sysfs-root", str(sysfs), "--frames", self.frames, "--control", self.control,
-             "--state-dir", str(tmp / "state"), "--budget", "12", "--log-level", "info", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "the daemon exited during start-up"
-            try:
-                with ControlClient(self.control, timeout=1.0) as ctl:
-                    ctl.call("hello")
-                return
-            except tunerd.TunerdError:
-                time.sleep(0.3)
-        raise AssertionError("the daemon did not come up")
-
-    def status(self) -> dict:
-        with ControlClient(self.control, timeout=5.0) as ctl:
-            return ctl.call("status")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        finally:
-            self.log.close()
 
 
 def feed(address: str, stop: threading.Event, shape, counts: dict) -> None:
@@ -81,10 +44,8 @@ def feed(address: str, stop: threading.Event, shape, counts: dict) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daemon")
-    from tunerd.fakesysfs import make_emulated_tree
-    sysfs = make_emulated_tree(SPEC, tmp / "fs")
-    d = Daemon(tmp, sysfs)
-    yield tmp, sysfs, d
+    d = DaemonProcess(tmp)
+    yield tmp, d.sysfs, d
     if d.proc.poll() is None:
         d.proc.kill()
         d.proc.wait()
@@ -191,11 +152,11 @@ def test_emulated_frequency_change_retunes(env):
 
 
 def test_sigterm_exits_zero_and_restart_reuses_the_stored_config(env):
-    tmp, sysfs, d = env
+    tmp, _, d = env
     stored_best = d.status()["best"]["config"]
     assert d.stop() == 0
     assert not Path(d.control[len("ipc://"):]).exists()      # sockets removed
-    again = Daemon(tmp, sysfs)
+    again = DaemonProcess(tmp)      # the same sockets and state directory
     try:
         stop, counts = threading.Event(), {}
         t = threading.Thread(target=feed, args=(again.frames, stop, (1, 3, SIZE, SIZE), counts), daemon=True)
