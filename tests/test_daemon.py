@@ -25,7 +25,7 @@ from tunerd.client import Client, ControlClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from harness import BIN, MODEL, SIZE, SPEC, DaemonProcess  # noqa: E402
+from harness import BIN, MODEL, SIZE, SPEC, DaemonProcess, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
                                 reason="needs CPUs 0 and 1")
@@ -49,16 +49,6 @@ def env(tmp_path_factory):
     if d.proc.poll() is None:
         d.proc.kill()
         d.proc.wait()
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_results_equal_model_run(env):

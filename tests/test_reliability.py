@@ -25,7 +25,7 @@ import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from harness import MODEL, SIZE, DaemonProcess, crash_state_writes, gone  # noqa: E402
+from harness import MODEL, SIZE, DaemonProcess, crash_state_writes, gone, wait_for  # noqa: E402
 from soak import Books, client_loop, soak  # noqa: E402
 from torture_reconfig import torture_daemon, torture_pipeline  # noqa: E402
 
@@ -92,16 +92,6 @@ def assert_all_answered_ok(books: Books) -> None:
     assert books.sent > 0
     assert books.unexpected == 0 and books.bad_output == 0
     assert books.errors == {} and books.ok == books.sent    # each request exactly one reply, ok
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --------------------------------------------------------------------------- faults

@@ -21,7 +21,6 @@ stay cheap; pass the running daemon's value with --frames.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import socket
@@ -38,7 +37,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import MODEL, SIZE, DaemonProcess, footprint  # noqa: E402
+from harness import MODEL, SIZE, DaemonProcess, footprint, log, print_report  # noqa: E402
 
 import tunerd  # noqa: E402
 from tunerd import protocol  # noqa: E402
@@ -415,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="where its own daemon keeps sockets, state and log (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.frames:
         report = fuzz(args.frames, args.control, args.pid, count=args.count, max_message_bytes=args.max_message_bytes,
                       seed=args.seed, sockets=args.sockets, garbage=args.garbage, log=log)
@@ -427,12 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, sockets=args.sockets, garbage=args.garbage, log=log)
             report["daemon_exit"] = d.stop()
         report["ok"] = report["ok"] and report["daemon_exit"] == 0
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
-    return 0 if report["ok"] else 1
+    return print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -210,6 +210,35 @@ def gone(pids: list[int], timeout: float = 10.0) -> bool:
     return False
 
 
+def wait_for(pred, timeout: float, what: str, *, poll: float = 0.2):
+    """``pred()``'s first truthy value within ``timeout`` seconds; AssertionError naming ``what`` if none."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def log(msg: str) -> None:
+    """Progress for the tools: stderr, so stdout stays the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_report(report: dict, as_json: bool, *, text_skips: tuple[str, ...] = ()) -> int:
+    """A tool's report on stdout (JSON, or one ``key: value`` line each but ``text_skips``); exit
+    status 0 when it is ok."""
+    import json
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        for key, value in report.items():
+            if key not in text_skips:
+                print(f"{key}: {value}")
+    return 0 if report["ok"] else 1
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

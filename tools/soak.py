@@ -32,7 +32,6 @@ warms up until converged, at most ``--warmup`` s).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -47,7 +46,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import MODEL, SIZE, DaemonProcess, crash_state_writes, footprint, gone, percentile, tree, is_stage_worker  # noqa: E402,E501
+from harness import MODEL, SIZE, DaemonProcess, crash_state_writes, footprint, gone, percentile, tree, is_stage_worker, log, print_report  # noqa: E402,E501
 
 import tunerd  # noqa: E402
 from tunerd import protocol  # noqa: E402
@@ -383,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="own daemon's sockets, state and log (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     kw = dict(clients=args.clients, in_flight=args.in_flight, duration=args.duration, interval=args.interval,
               warmup=args.warmup, min_hold=args.min_hold, kill_worker_every=args.kill_worker_every, seed=args.seed,
               log=log)
@@ -406,13 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.state_kills:
             report["state_write_kills"] = crash_state_writes(workdir / "state-crash", args.state_kills, seed=args.seed)
             report["ok"] = report["ok"] and report["state_write_kills"]["ok"]
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        for key, value in report.items():
-            if key != "samples":
-                print(f"{key}: {value}")
-    return 0 if report["ok"] else 1
+    return print_report(report, args.json, text_skips=("samples",))
 
 
 if __name__ == "__main__":

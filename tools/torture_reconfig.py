@@ -19,7 +19,6 @@ Exit status 0 when all holds.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import MODEL, SIZE, SPEC, DaemonProcess, footprint, make_sysfs  # noqa: E402
+from harness import MODEL, SIZE, SPEC, DaemonProcess, footprint, make_sysfs, log, print_report  # noqa: E402
 
 import tunerd  # noqa: E402
 
@@ -235,19 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="sockets, state and logs (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     workdir = Path(args.workdir) if args.workdir else None
     if args.mode == "pipeline":
         report = torture_pipeline(args.reconfigs, seed=args.seed, workdir=workdir, log=log)
     else:
         report = torture_daemon(args.reconfigs, seed=args.seed, clients=args.clients, pin_every=args.pin_every,
                                 workdir=workdir, log=log)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
-    return 0 if report["ok"] else 1
+    return print_report(report, args.json)
 
 
 if __name__ == "__main__":
