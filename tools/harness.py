@@ -129,7 +129,14 @@ class DaemonProcess:
     def start(self) -> "DaemonProcess":
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready(self.ready_timeout)
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            # NOTE: the caller gets no object to stop (the constructor raised): never leave an orphan
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
