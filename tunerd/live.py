@@ -3,9 +3,22 @@
 ``LiveTuning`` sits between a Tuner (ask/tell) and a Pipeline. When the tuner has a candidate it
 switches the pipeline to it (a new epoch), skips the first ``warmup`` frames of that epoch, then
 measures until the bottleneck estimate is precise enough: the fitness is the throughput the config
-sustains, 1000 / max over stages of (mean compute ms / replicas), from the stages' own timings, so
-it does not depend on how fast clients happen to send. Per-unit times measured on the way go to the
-tuner too (they refine its cost table). When the tuner has converged, the pipeline runs its best.
+sustains, 1000 / max over stages of (median compute ms / replicas), from the stages' own timings,
+so it does not depend on how fast clients happen to send. Two things keep it robust on a machine
+shared with other work:
+
+- medians, not means (a few slow frames move nothing), of periods with the time other processes
+  held the stage's cores taken out (a frame's ``cpu_share`` against the stage's typical share, see
+  ``_Window.corrected``): a preempted frame measures the other processes, not the config, and on
+  a shared machine most of a window's spread is that;
+- the per-unit times told to the tuner (they refine its cost table, the surrogate) add up, stage
+  by stage, to the stage's robust compute time measured in the window; the units' shares of it
+  are medians over recent windows of their sampled times after the warmup (so no cold first
+  frames of an epoch, no preempted sample). The surrogate then agrees with what was measured for
+  every stage it has seen, and the units' shares only decide how a stage's time splits when a cut
+  moves.
+
+When the tuner has converged, the pipeline runs its best.
 
 Everything here is driven by the caller's poll loop: ``on_outcomes`` with every batch of outcomes,
 ``step`` once per tick. Nothing blocks.
@@ -33,6 +46,10 @@ class WindowPolicy:
     max_frames: int = 40
     rel_precision: float = 0.03  # stop when the bottleneck's standard error is within this share
     max_seconds: float = 20.0  # a window never lasts longer (slow boards, sparse traffic)
+    # a window measures for at least this long, max_frames notwithstanding: on a machine whose speed
+    # drifts over fractions of a second (other processes, a host's other guests) a window of a few
+    # fast frames samples one moment, and its figure moves with it
+    min_seconds: float = 0.0
 
 
 @dataclass
@@ -42,22 +59,48 @@ class _Window:
     started: float
     seen: int = 0
     periods: list[list[float]] = field(default_factory=list)   # per stage: compute_ms / replicas
+    shares: list[list[float]] = field(default_factory=list)    # per stage: cpu_share (nan: unknown)
+    base: dict[int, tuple[int, float]] | None = None  # per unit: (n, mean) of the pipeline's table when measuring began
+    since: float | None = None   # when the first measured frame (after the warmup) came back
+
+    def corrected(self, i: int) -> np.ndarray:
+        """Stage ``i``'s periods with the time other processes held its cores taken out.
+
+        A frame's ``cpu_share`` (CPU time / (wall x cores) while computing) is below the stage's
+        own typical share when other processes preempted it; its period is scaled by share /
+        typical (at most 1). The typical share is the window's 90th percentile (capped at 1):
+        a single-threaded stage that had its core computes at share 1, a multi-threaded one may
+        never reach it (threads waiting at a barrier), which is the config's own cost and stays."""
+        p = np.asarray(self.periods[i], dtype=float)
+        s = np.asarray(self.shares[i], dtype=float) if self.shares else np.full(len(p), np.nan)
+        known = ~np.isnan(s) & (s > 0)
+        if not known.any():
+            return p
+        typical = min(1.0, float(np.percentile(s[known], 90)))
+        return p * np.where(known, np.minimum(1.0, s / typical), 1.0)
 
     def bottleneck(self) -> tuple[float, float]:
         """Median bottleneck period (ms) and its relative standard error.
 
         NOTE: medians, because on a shared machine a few frames preempted by other processes (or
         one lucky quiet stretch) would otherwise move the fitness; the error uses the MAD."""
-        medians = [float(np.median(p)) for p in self.periods]
+        kept = [self.corrected(i) for i in range(len(self.periods))]
+        medians = [float(np.median(p)) for p in kept]
         i = int(np.argmax(medians))
-        p = np.asarray(self.periods[i])
+        p = kept[i]
         if len(p) < 2:
             return medians[i], math.inf
         sigma = 1.4826 * float(np.median(np.abs(p - medians[i])))
         return medians[i], 1.2533 * sigma / math.sqrt(len(p)) / medians[i]
 
+    def stage_ms(self, i: int, replicas: int) -> float:
+        """Robust compute ms of one frame through stage ``i`` (one replica)."""
+        return float(np.median(self.corrected(i))) * replicas
+
 
 class LiveTuning:
+    UNIT_HISTORY = 15   # windows a unit's share of its stage is the median over
+
     def __init__(self, tuner, pipeline, *, policy: WindowPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic, on_converged: Callable | None = None):
         self.tuner = tuner
@@ -67,6 +110,8 @@ class LiveTuning:
         self.on_converged = on_converged
         self._window: _Window | None = None
         self._serving_best = False
+        # per (unit, core type, cores): its mean sampled ms in recent windows (the units' shares)
+        self._unit_history: dict[tuple[int, str, int], list[float]] = {}
 
     @property
     def evaluating(self) -> str | None:
@@ -81,12 +126,20 @@ class LiveTuning:
                 continue
             w.seen += 1
             if w.seen <= self.policy.warmup:
+                if w.seen == self.policy.warmup:
+                    w.base = self._unit_stats(w.config)
                 continue
             n_stages = len(w.config.stages)
             if not w.periods:
+                w.since = self.clock()
                 w.periods = [[] for _ in range(n_stages)]
+                w.shares = [[] for _ in range(n_stages)]
+                if w.base is None:
+                    w.base = self._unit_stats(w.config)
             for t in o.stages:
                 w.periods[t.stage].append(t.compute_ms / w.config.stages[t.stage].replicas)
+                share = getattr(t, "cpu_share", None)
+                w.shares[t.stage].append(float(share) if share is not None else math.nan)
 
     def _window_done(self, w: _Window) -> bool:
         measured = w.seen - self.policy.warmup
@@ -94,28 +147,60 @@ class LiveTuning:
             return True
         if measured < self.policy.min_frames or not w.periods or any(len(p) == 0 for p in w.periods):
             return False
+        if w.since is None or self.clock() - w.since < self.policy.min_seconds:
+            return False
         if measured >= self.policy.max_frames:
             return True
         return w.bottleneck()[1] <= self.policy.rel_precision
 
-    def _unit_times(self, config: PipelineConfig) -> dict[int, float]:
-        """Mean measured ms per unit of ``config``'s stages at the current frequencies."""
-        table = self.pipeline.cost_table
+    def _unit_stats(self, config: PipelineConfig) -> dict[int, tuple[int, float]]:
+        """(samples, mean ms) of each unit of ``config`` on its stage's core type and count in the
+        pipeline's cost table (every frequency pooled: only the units' shares are used)."""
+        table = getattr(self.pipeline, "cost_table", None)
         out = {}
+        if table is None:
+            return out
         for stage in config.stages:
             core_type = self.pipeline.platform.cluster(stage.cluster).core_type
             for unit in range(stage.first, stage.last + 1):
-                stat = table.stat(unit, core_type, stage.cores, self._freq_of(stage.cluster))
+                stat = table.stat(unit, core_type, stage.cores)
                 if stat is not None and stat.n:
-                    out[unit] = stat.mean
+                    out[unit] = (stat.n, stat.mean)
         return out
 
-    def _freq_of(self, cluster: str):
-        from .platform import effective_speed
-        c = self.pipeline.platform.cluster(cluster)
-        if self.pipeline.platform.source == "emulate":
-            return round(effective_speed(c, self.pipeline.sysfs_root), 4)
-        return None
+    def _unit_times(self, w: _Window) -> dict[int, float]:
+        """Per-unit ms of the window's config, each stage's adding up to its robust compute time.
+
+        A unit's share of its stage is the median, over the windows that sampled it on this core
+        type and count, of its mean sampled time in the window (after the warmup): one frame
+        preempted in the middle of a unit, or the cold first frames of an epoch, move nothing.
+        Units never sampled after a warmup take their mean over all samples; a stage with a unit
+        never sampled at all is left out."""
+        now = self._unit_stats(w.config)
+        base = w.base or {}
+        out = {}
+        for i, stage in enumerate(w.config.stages):
+            units = range(stage.first, stage.last + 1)
+            core_type = self.pipeline.platform.cluster(stage.cluster).core_type
+            if not w.periods or not w.periods[i] or any(u not in now for u in units):
+                continue
+            shares = {}
+            for u in units:
+                n1, m1 = now[u]
+                n0, m0 = base.get(u, (0, 0.0))
+                history = self._unit_history.setdefault((u, core_type, stage.cores), [])
+                if n1 > n0:
+                    window_mean = (n1 * m1 - n0 * m0) / (n1 - n0)
+                    if math.isfinite(window_mean) and window_mean > 0:
+                        history.append(window_mean)
+                        del history[:-self.UNIT_HISTORY]
+                shares[u] = float(np.median(history)) if history else m1
+            total = sum(shares.values())
+            if not (total > 0 and math.isfinite(total)):
+                continue
+            scale = w.stage_ms(i, stage.replicas) / total
+            out.update({u: v * scale for u, v in shares.items()})
+        return out
 
     def step(self) -> None:
         """Finish a measurement window that is complete; start the next evaluation if any."""
@@ -127,7 +212,7 @@ class LiveTuning:
                 period, rse = w.bottleneck()
                 fps = 1000.0 / period
                 log.info("evaluated %s: %.2f fps (±%.1f%%, %d frames)", w.config, fps, 100 * rse, w.seen)
-                self.tuner.tell(w.config, fps, unit_times=self._unit_times(w.config) or None)
+                self.tuner.tell(w.config, fps, unit_times=self._unit_times(w) or None)
             self._window = None
         if self.tuner.state == states.PINNED:
             self._switch(parse_config(self.tuner.pinned))
