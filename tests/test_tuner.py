@@ -66,7 +66,7 @@ def test_ask_tell_lifecycle_and_budget():
     assert fps >= 0.95 * max(np.mean(v) for v in tuner.measured.values())
     for h in tuner.history:
         assert set(h) >= {"index", "config", "fps", "time", "state", "predicted_fps", "reason"}
-        assert h["reason"] in {"hints", "first", "exploit", "re-measure", "explore", "near-tie"}
+        assert h["reason"] in {"hints", "first", "exploit", "re-measure", "explore", "near-tie", "confirm"}
         validate(parse_config(h["config"]), 10, tuner.clusters)
     assert [h["index"] for h in tuner.history] == list(range(1, len(tuner.history) + 1))
     status = tuner.status()

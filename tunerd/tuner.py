@@ -27,7 +27,13 @@ What makes it evaluate few, well-chosen configs:
 
 It converges when the incumbent has not improved by ``gain_threshold`` for ``patience``
 generations that evaluated a new config (re-measurements do not count), when ``idle_patience``
-generations in a row found nothing worth evaluating, or when the episode's budget is spent.
+generations in a row found nothing worth evaluating, or when the episode's budget is spent; but
+before it converges (other than on the budget) the **confirmation** must hold: the
+``confirm_top_k`` best configs of the DSE on the refined surrogate that it rates within
+``confirm_floor`` of the incumbent have all been evaluated live (a surrogate whose cells mostly
+come from measurements can still rank a config it never saw first, and a prediction is no
+measurement), and the incumbent and any contender within noise of it have been measured
+``min_best_samples`` times.
 ``retune(speed_factors)`` warm-starts a new episode from the population and the cost table
 scaled to the new frequencies.
 """
@@ -68,6 +74,7 @@ class CostTable:
     # log-sd of a cell around its unit and core type at other core counts; log-sd of the
     # predictions' error per unit; correlation of a unit's error across core types.
     SD_OTHER_CORES = 0.08
+    SD_CELL = 0.03       # relative sd of one measurement of a cell (learnt from cells measured twice)
     SD_PRIOR = 0.25
     RHO_PRIOR = 0.5
     PRIOR_WEIGHT = 5.0
@@ -220,7 +227,19 @@ class CostTable:
             dev2 += float(((log_ratio[t] - r_ut[t][:, None])[multi] ** 2).sum())
             dof += float((1.0 - 1.0 / np.broadcast_to(n_ut[t][:, None], multi.shape)[multi]).sum())
         k_spread = math.sqrt((dev2 + self.PRIOR_WEIGHT * self.SD_OTHER_CORES ** 2) / (dof + self.PRIOR_WEIGHT))
-        self.learnt = {"rho": rho, "spread": spread, "k_spread": k_spread}
+        # how far one measurement of a cell lands from the cell's mean (relative), pooled over the
+        # cells measured twice or more, weighted by their size (a stage's time is a sum: a tiny
+        # unit's jitter hardly moves it): a few % on a quiet board, more on a shared machine
+        ss, norm, dof = 0.0, 0.0, 0.0
+        for t in pred:
+            total, mean, var = self.cells(t)
+            multi = (total >= 2) & (mean > 0)
+            ss += float((var[multi] * (total[multi] - 1)).sum())
+            norm += float((mean[multi] ** 2 * (total[multi] - 1)).sum())
+            dof += float((total[multi] - 1).sum())
+        rel_var = ss / norm if norm > 0 else 0.0
+        cell_sd = math.sqrt((dof * rel_var + self.PRIOR_WEIGHT * self.SD_CELL ** 2) / (dof + self.PRIOR_WEIGHT))
+        self.learnt = {"rho": rho, "spread": spread, "k_spread": k_spread, "cell_sd": cell_sd}
         out, self._sd = {}, {}
         for t, ms in pred.items():
             others = [resid[o] for o in pred if o != t]
@@ -237,7 +256,7 @@ class CostTable:
                                    np.where(has_other, math.hypot(spread * math.sqrt(1 - rho ** 2), k_spread),
                                             math.hypot(spread, k_spread)))
             total = self.count[t].sum(axis=0)
-            self._sd[t] = np.where(measured[t], 0.03 / np.sqrt(np.maximum(total, 1)), fallback_sd[:, None])
+            self._sd[t] = np.where(measured[t], cell_sd / np.sqrt(np.maximum(total, 1)), fallback_sd[:, None])
         self._estimate = UnitCostTable(out, self.predicted.out_bytes)
         self._optimistic = {}
         return self._estimate
@@ -283,11 +302,12 @@ class Tuner:
                  budget: int = 60, interconnect_gbs: float | None = None, use_hints: bool = True,
                  population_size: int = 16, offspring_size: int = 24, evals_per_generation: int = 1,
                  promise: float = 1.01, gain_threshold: float = 0.005, patience: int = 5,
-                 idle_patience: int = 3, min_best_samples: int = 2, max_stages: int | None = None,
+                 idle_patience: int = 3, min_best_samples: int = 2, race_samples: int = 3,
+                 max_stages: int | None = None,
                  dse_top_k: int = 6, random_seeds: int = 4, retune_budget: int | None = None,
                  contention: Mapping[str, float] | None = None, noise_prior: float = 0.03,
                  explore_kappa: float = 1.5, explore_floor: float = 0.8, explore_top_k: int = 3,
-                 near_tie: float = 0.97,
+                 near_tie: float = 0.97, confirm_top_k: int = 3, confirm_floor: float = 0.85,
                  clock: Callable[[], float] | None = None) -> None:
         self.clusters = as_cluster_specs(clusters)
         if interconnect_gbs is None:  # hints know their board's interconnect
@@ -302,11 +322,13 @@ class Tuner:
             offspring_size=int(offspring_size), evals_per_generation=int(evals_per_generation),
             promise=float(promise), gain_threshold=float(gain_threshold), patience=int(patience),
             idle_patience=int(idle_patience), min_best_samples=int(min_best_samples),
+            race_samples=int(race_samples),
             max_stages=max_stages, dse_top_k=int(dse_top_k), random_seeds=int(random_seeds),
             retune_budget=int(retune_budget) if retune_budget else max(10, budget // 2),
             contention=dict(contention) if contention else None, noise_prior=float(noise_prior),
             explore_kappa=float(explore_kappa), explore_floor=float(explore_floor),
             explore_top_k=int(explore_top_k), near_tie=float(near_tie),
+            confirm_top_k=int(confirm_top_k), confirm_floor=float(confirm_floor),
         )
         by_name = {c.name: c for c in self.clusters}
         for name in (contention or {}):
@@ -676,25 +698,31 @@ class Tuner:
         return math.sqrt((ss + prior_dof * self.params["noise_prior"] ** 2) / (dof + prior_dof))
 
     def _elites_to_remeasure(self) -> list[str]:
-        """The incumbent until it has ``min_best_samples`` measurements, and any contender whose
-        mean is within two standard errors of it with fewer samples (so luck does not decide)."""
+        """The incumbent until it has ``min_best_samples`` measurements; then a race between it and
+        the contenders whose mean is within 1.5 standard errors of its own (so luck does not
+        decide): each such contender gets ``min_best_samples`` measurements, and while still
+        within noise, the one of the pair with fewer gets more, up to ``race_samples``."""
         best = self._best_key()
         if best is None:
             return []
         need = self.params["min_best_samples"]
-        if len(self.measured[best]) < need:
+        cap = max(need, self.params["race_samples"])
+        n_best = len(self.measured[best])
+        if n_best < need:
             return [best]
         top = self._mean(best)
         sd = self.noise()
-        out = []
         for key, vals in sorted(self.measured.items(), key=lambda kv: -np.mean(kv[1])):
-            if key == best or len(vals) >= need:
+            if key == best:
                 continue
-            gap = sd * math.sqrt(1.0 / len(vals) + 1.0 / len(self.measured[best]))
-            if np.mean(vals) >= top * (1.0 - 1.5 * gap):
-                out.append(key)
-                break
-        return out
+            gap = sd * math.sqrt(1.0 / len(vals) + 1.0 / n_best)
+            if np.mean(vals) < top * (1.0 - 1.5 * gap):
+                continue
+            if len(vals) < need:
+                return [key]
+            if min(len(vals), n_best) < cap:
+                return [key] if len(vals) <= n_best else [best]
+        return []
 
     def _generation(self) -> None:
         p = self.params
@@ -708,7 +736,7 @@ class Tuner:
             g.fitness.values = (self._fitness(g, model),)
         pool.sort(key=lambda g: g.fitness.values[0], reverse=True)
         self.population = pool[:p["population_size"]]
-        self._bookkeep()
+        confirm = self._bookkeep()
         if self.state == states.CONVERGED:
             return
         if not self.population:
@@ -718,7 +746,10 @@ class Tuner:
             candidates = self._dedupe(self._dse(p["dse_top_k"]) + self._vary(self.population, p["offspring_size"]))
             for g in candidates:
                 g.fitness.values = (self._fitness(g, model),)
-            chosen = self._choose(candidates, p["evals_per_generation"], model)
+            if confirm:
+                chosen = self._why(confirm[:p["evals_per_generation"]], "confirm")
+            else:
+                chosen = self._choose(candidates, p["evals_per_generation"], model)
         else:
             candidates = self._dedupe(self._vary(self.population, p["offspring_size"]))
             chosen = self._why(self._elites_to_remeasure(), "re-measure")
@@ -802,8 +833,30 @@ class Tuner:
             self._reasons[key] = reason
         return keys
 
-    def _bookkeep(self) -> None:
-        """Convergence: no gain for `patience` evaluating generations, or `idle_patience` idle ones."""
+    def _unconfirmed(self) -> list[str]:
+        """The ``confirm_top_k`` best configs on the surrogate (of the DSE's best, the population
+        and the last offspring, measured or not) and the DSE's best of each of its
+        ``confirm_top_k`` best layouts (stage structures), those the surrogate rates within
+        ``confirm_floor`` of the incumbent and that were never evaluated live, best first."""
+        p = self.params
+        best = self._best_key()
+        k = p["confirm_top_k"]
+        if not p["use_hints"] or best is None or k <= 0:
+            return []
+        model = self.surrogate()
+        floor = p["confirm_floor"] * model.fps(parse_config(best))
+        dse = [self.space.key(g) for g in self._dse(max(p["dse_top_k"], k))]
+        rated = {}
+        for g in self._dse(max(p["dse_top_k"], k)) + self.population + self.pending:
+            rated.setdefault(self.space.key(g), model.fps(self.space.to_config(g)))
+        top = sorted(rated, key=lambda key: -rated[key])[:k]
+        wanted = dict.fromkeys(top + dse[:k])
+        return sorted((key for key in wanted if key not in self.measured and rated[key] >= floor),
+                      key=lambda key: -rated[key])
+
+    def _bookkeep(self) -> list[str]:
+        """Convergence: no gain for `patience` evaluating generations, or `idle_patience` idle ones,
+        once the confirmation holds; returns what is left to confirm (see the module docstring)."""
         p = self.params
         best = self._best_key()
         current = self.estimates()[best] if best is not None else 0.0
@@ -816,7 +869,11 @@ class Tuner:
         needs_samples = bool(self._elites_to_remeasure())
         if best is not None and not needs_samples and (
                 self._stale >= p["patience"] or self._idle >= p["idle_patience"]):
+            confirm = self._unconfirmed()
+            if confirm:
+                return confirm
             self._converge()
+        return []
 
     # -- checkpoint ------------------------------------------------------------------------------
     def to_state(self) -> dict:
