@@ -199,6 +199,43 @@ def test_elites_are_re_measured():
     assert counts[result["config"]] >= 2
 
 
+def test_converges_only_once_the_surrogates_top_configs_were_evaluated_live():
+    """Convergence on patience is not enough: the surrogate's best few (and the DSE's best
+    layouts) rated near the incumbent must have been measured, not just predicted."""
+    from tunerd.dse import explore
+    confirmed = 0
+    for seed in range(4):
+        tuner = _tuner(board=HIKEY, n=12, seed=seed, budget=60)
+        sim = SimulatedBoard(HIKEY, tuner.cost.predicted, seed=seed)
+        _drive(tuner, sim, 200)
+        assert tuner.converged and tuner.episode_evaluations < 60   # converged, not out of budget
+        model = tuner.surrogate()
+        floor = tuner.params["confirm_floor"] * model.fps(tuner.best[0])
+        # the DSE's best few on the surrogate: as good ones were measured (ties may differ)
+        rated = sorted((model.fps(parse_config(k)) for k in tuner.measured), reverse=True)
+        for i, r in enumerate(explore(model, max_stages=tuner.space.max_stages, top_k=tuner.params["confirm_top_k"])):
+            if r.fps >= floor:
+                assert rated[i] >= r.fps * (1 - 1e-9), (seed, str(r.config))
+        confirmed += sum(h["reason"] == "confirm" for h in tuner.history)
+    assert confirmed > 0
+
+
+def test_contenders_within_noise_race_the_incumbent():
+    """Noise-free measurements: the noise estimate stays at its prior, and every config measured
+    within 1.5 standard errors of the incumbent has as many measurements as the race asks for."""
+    tuner = _tuner(board=HIKEY, n=12, seed=5, budget=60, race_samples=3)
+    sim = SimulatedBoard(HIKEY, tuner.cost.predicted, seed=5, noise=0.0)
+    _drive(tuner, sim, 200)
+    assert tuner.converged and tuner.episode_evaluations < 60
+    best = str(tuner.best[0])
+    assert len(tuner.measured[best]) >= 2
+    sd, top = tuner.noise(), np.mean(tuner.measured[best])
+    close = [k for k, v in tuner.measured.items()
+             if k != best and np.mean(v) >= top * (1 - 1.5 * sd * math.sqrt(1 / len(v) + 1 / len(tuner.measured[best])))]
+    for key in close:
+        assert min(len(tuner.measured[key]), len(tuner.measured[best])) >= 3, key
+
+
 def test_ga_without_hints_stays_valid():
     tuner = _tuner(budget=25, use_hints=False, population_size=6, offspring_size=6)
     sim = SimulatedBoard(TX2, tuner.cost.predicted, seed=0)
