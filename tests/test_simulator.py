@@ -11,7 +11,9 @@ from tunerd.commands import simulate
 from tunerd.errors import ConfigError, HintsError
 from tunerd.genome import GenomeSpace
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.simulator import SimulatedBoard, contention_alphas, run_simulation, synthetic_table
+from tunerd.simulator import (SimulatedBoard, contention_alphas, kernel_parallel_fps, kernel_parallel_ms,
+                              run_simulation, synthetic_table)
+from tunerd.throughput import PipelineModel, table_from_flops
 
 BOARD = {"name": "hikey-like", "interconnect_gbs": 3.0, "note": "extra fields are kept", "clusters": [
     {"name": "little", "core_type": "A53", "cores": 4, "freq_mhz": 1800, "gflops_per_core": 3.6, "bandwidth_gbs": 4.0},
@@ -139,6 +141,87 @@ def test_optimum_beats_every_random_config():
     rng = random.Random(0)
     for _ in range(300):
         assert sim.true_fps(space.to_config(space.random_genome(rng))) <= opt.fps * (1 + 1e-12)
+
+
+# -- antecedents: one cluster alone, all cores kernel-parallel --------------------------------------
+FLOPS = [300e6, 80e6, 200e6, 50e6, 120e6]
+OUT_BYTES = [4e5, 2e5, 1e5, 5e4, 4e3]
+
+
+def _linear(gflops, cores):
+    """Work that splits perfectly over cores (no fixed cost): ms x cores is the same at any count."""
+    return table_from_flops(FLOPS, OUT_BYTES, gflops, cores, efficiency=1.0, overhead_ms=0.0)
+
+
+def test_kernel_parallel_over_two_identical_clusters_is_one_double_cluster_plus_the_exchange():
+    gbs = 2.0
+    twins = [ClusterSpec("a", "X", 2), ClusterSpec("b", "X", 2)]
+    ms = kernel_parallel_ms(_linear({"X": 4.0}, 4), twins, interconnect_gbs=gbs)
+    double = _linear({"X": 4.0}, 4).ms("X", 4)
+    exchange = np.asarray(OUT_BYTES) / (gbs * 1e6)        # each cluster needs the other's half
+    exchange[-1] = 0.0                                    # the output goes to the client
+    assert ms == pytest.approx(double + exchange)
+    assert kernel_parallel_fps(_linear({"X": 4.0}, 4), twins, interconnect_gbs=gbs) == \
+        pytest.approx(1000 / (double.sum() + exchange.sum()))
+    # a cross-cluster barrier per unit boundary, where the board file gives one
+    with_sync = kernel_parallel_ms(_linear({"X": 4.0}, 4), twins, interconnect_gbs=gbs, sync_us=50.0)
+    assert with_sync - ms == pytest.approx([0.05, 0.05, 0.05, 0.05, 0.0])
+    # one cluster: that cluster alone, nothing to exchange
+    alone = kernel_parallel_ms(_linear({"X": 4.0}, 4), [ClusterSpec("a", "X", 4)], interconnect_gbs=gbs)
+    assert alone == pytest.approx(double)
+
+
+@pytest.mark.parametrize("ratio", [1.5, 2.0, 3.0])
+def test_a_static_split_waits_for_the_slow_cluster(ratio):
+    """4 big + 4 little cores, every thread the same share: the little half takes ``ratio`` x what
+    the big half does, so all 8 cores beat the big cluster alone only while ratio < 2."""
+    table = _linear({"B": 8.0, "L": 8.0 / ratio}, 4)
+    clusters = [ClusterSpec("big", "B", 4), ClusterSpec("little", "L", 4)]
+    big_alone = PipelineModel(table, clusters).fps(parse_config("0-4@big:4"))
+    everything = kernel_parallel_fps(table, clusters)            # no interconnect cost
+    assert everything == pytest.approx(big_alone * 2 / ratio)
+    assert (everything > big_alone) == (ratio < 2) and (everything < big_alone) == (ratio > 2)
+    # the exchange only makes it worse
+    assert kernel_parallel_fps(table, clusters, interconnect_gbs=0.5) < everything
+
+
+def test_simulated_board_antecedents_use_the_true_costs_at_the_current_speeds():
+    table = synthetic_table(BOARD, 8, seed=3)
+    sim = SimulatedBoard({**BOARD, "cross_cluster_sync_us": 20.0}, table, seed=3,
+                         dvfs_schedule=[(1, "big", 0.5), (2, "little", 0.5)])
+    n = table.n_units
+    assert sim.single_cluster_fps("big") == pytest.approx(sim.true_fps(parse_config(f"0-{n - 1}@big:4")))
+    expected = kernel_parallel_fps(sim.true_table, sim.clusters, interconnect_gbs=3.0, sync_us=20.0)
+    assert sim.kernel_parallel_fps() == pytest.approx(expected)
+    assert sim.kernel_parallel_fps() != pytest.approx(kernel_parallel_fps(table, sim.clusters, interconnect_gbs=3.0,
+                                                                          sync_us=20.0))
+    # the little cluster's share is what every unit waits for (its cores are 2.6x slower): a slower
+    # big cluster changes nothing until it is the slower one, a slower little one slows it all
+    before, big_before = sim.kernel_parallel_fps(), sim.single_cluster_fps("big")
+    sim.due_events(1)
+    assert sim.single_cluster_fps("big") == pytest.approx(0.5 * big_before)
+    assert sim.kernel_parallel_fps() == pytest.approx(before)
+    sim.due_events(2)
+    assert sim.kernel_parallel_fps() < 0.6 * before
+    with pytest.raises(ConfigError, match="unknown cluster 'gpu'"):
+        sim.single_cluster_fps("gpu")
+
+
+def test_optimum_without_replicas():
+    table = synthetic_table(SMALL, 6, seed=5)
+    sim = SimulatedBoard(SMALL, table, seed=5)
+    with_replicas, without = sim.optimum(), sim.optimum(replicas=False)
+    assert all(s.replicas == 1 for s in without.config.stages)
+    assert without.fps <= with_replicas.fps * (1 + 1e-12)
+    space = GenomeSpace(sim.clusters, 6)
+    rng = random.Random(1)
+    for _ in range(300):
+        config = space.to_config(space.random_genome(rng))
+        if all(s.replicas == 1 for s in config.stages):
+            assert sim.true_fps(config) <= without.fps * (1 + 1e-12)
+    from tunerd.dse import explore
+    with pytest.raises(ConfigError, match="max_replicas must be >= 1"):
+        explore(sim.model(), max_replicas=0)
 
 
 def test_dvfs_schedule_changes_speed_at_its_window():

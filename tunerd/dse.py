@@ -148,14 +148,16 @@ class _Search:
     could still enter the top k is re-split exactly with its true factors.
     """
 
-    def __init__(self, model: PipelineModel, max_stages: int, top_k: int) -> None:
+    def __init__(self, model: PipelineModel, max_stages: int, top_k: int, max_replicas: int | None = None) -> None:
         self.model = model
         self.n = model.n_units
         self.specs = list(model.clusters.values())
         self.max_stages = max_stages
         self.top_k = top_k
         self.alpha = {c.name: model.contention.get(c.name, 0.0) for c in self.specs}
-        self.opts = {c.name: stage_options(c.cores) for c in self.specs}
+        self.max_replicas = max_replicas
+        self.opts = {c.name: [(k, r) for k, r in stage_options(c.cores) if max_replicas is None or r <= max_replicas]
+                     for c in self.specs}
         self._cost_cache: dict = {}
         self.heap: list = []  # (-period, tiebreak, config): the worst of the top k on top
         self._count = itertools.count()
@@ -225,6 +227,8 @@ class _Search:
         for config in configs:
             layout = tuple((s.cluster, s.cores, s.replicas) for s in config.stages)
             if len(layout) > self.max_stages or any(name not in self.alpha for name, _k, _r in layout):
+                continue
+            if self.max_replicas is not None and any(r > self.max_replicas for _n, _k, r in layout):
                 continue
             r = best_split(self.model, layout)
             if r is not None:
@@ -323,18 +327,21 @@ def _model(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None,
 def explore(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None = None, *,
             interconnect_gbs: float | None = None, contention: Mapping[str, float] | None = None,
             max_stages: int | None = None, top_k: int = 1,
-            seeds: Sequence[PipelineConfig] = ()) -> list[DseResult]:
+            seeds: Sequence[PipelineConfig] = (), max_replicas: int | None = None) -> list[DseResult]:
     """The ``top_k`` best distinct configs (best first), each with its exact best split.
 
     ``max_stages`` defaults to the total number of cores, capped at DEFAULT_MAX_STAGES. ``seeds``
-    (e.g. the previous call's results) only speed the search up.
+    (e.g. the previous call's results) only speed the search up. ``max_replicas=1`` leaves out
+    replicated stages (Pipe-it's space: stages on disjoint core sets, no frame-level co-execution).
     """
     model = _model(table, clusters, interconnect_gbs, contention)
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
     specs = list(model.clusters.values())
     limit = _default_max_stages(specs, model.n_units, max_stages)
-    search = _Search(model, limit, top_k)
+    if max_replicas is not None and max_replicas < 1:
+        raise ConfigError(f"max_replicas must be >= 1, got {max_replicas}")
+    search = _Search(model, limit, top_k, max_replicas)
     search.seed(seeds)
     search.run()
     return search.results()
@@ -348,12 +355,13 @@ def best_config(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | 
 def exhaustive_optimum(table: UnitCostTable | PipelineModel, clusters: Sequence[Any] | None = None, *,
                        interconnect_gbs: float | None = None,
                        contention: Mapping[str, float] | None = None,
-                       max_stages: int | None = None) -> DseResult:
-    """The optimum over all core layouts (up to one stage per core) with exact splits."""
+                       max_stages: int | None = None, max_replicas: int | None = None) -> DseResult:
+    """The optimum over all core layouts (up to one stage per core) with exact splits
+    (``max_replicas=1``: over those without replicated stages)."""
     model = _model(table, clusters, interconnect_gbs, contention)
     if max_stages is None:
         max_stages = sum(c.cores for c in model.clusters.values())
-    return explore(model, max_stages=max_stages, top_k=1)[0]
+    return explore(model, max_stages=max_stages, top_k=1, max_replicas=max_replicas)[0]
 
 
 def flops_balanced_split(flops: Sequence[float], capacities: Sequence[float]) -> list[tuple[int, int]]:

@@ -11,6 +11,12 @@ shared memory bandwidth, and scheduled frequency changes.
 - **DVFS**: ``dvfs_schedule=[(at_window, cluster, factor)]`` sets the cluster's speed to ``factor``
   of nominal at that measurement window.
 
+The **antecedents** a pipeline is compared with (Pipe-it's baselines, no pipelining) are modelled
+on the same costs: the whole network as one stage on one cluster with all its cores
+(:meth:`SimulatedBoard.single_cluster_fps`), and **all cores kernel-parallel**
+(:func:`kernel_parallel_ms`): one stage spanning every core of every cluster, each layer's work
+split evenly over all the threads, as ARM-CL's static scheduler does.
+
 :func:`run_simulation` drives the real :class:`~tunerd.tuner.Tuner` (or any object with the same
 ask/tell/best/retune protocol, see :func:`drive`) against it and reports how close it got to the
 exhaustive optimum, how fast, and how much throughput it served while searching.
@@ -25,12 +31,12 @@ import numpy as np
 from .boards import board_clusters, load_board
 from .dse import DseResult, exhaustive_optimum
 from .errors import ConfigError
-from .pipeconfig import PipelineConfig, validate
-from .throughput import PipelineModel, UnitCostTable
+from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, validate
+from .throughput import PipelineModel, UnitCostTable, transfer_ms
 from .tuner import Tuner
 
 __all__ = ["SimulatedBoard", "run_simulation", "drive", "synthetic_table", "contention_prior", "contention_alphas",
-           "DEFAULT_CONTENTION", "DEFAULT_CONTENTION_PRIOR"]
+           "kernel_parallel_ms", "kernel_parallel_fps", "DEFAULT_CONTENTION", "DEFAULT_CONTENTION_PRIOR"]
 
 # Slowdown per extra worker on the board's best-connected cluster; a cluster with less memory
 # bandwidth suffers in proportion (capped at 4x): relative, so it does not depend on what the
@@ -74,6 +80,47 @@ def synthetic_table(board: Mapping, n_units: int, *, seed: int = 0) -> UnitCostT
         ms = flops[:, None] / (c["gflops_per_core"] * 1e6) / k[None, :] ** gamma[:, None] + 0.02 * k[None, :]
         table[t] = ms
     return UnitCostTable(table, out_bytes)
+
+
+def kernel_parallel_ms(table: UnitCostTable, clusters: Sequence[Any], *, interconnect_gbs: float | None = None,
+                       sync_us: float = 0.0) -> np.ndarray:
+    """Per-unit ms of the **all-cores kernel-parallel** antecedent: one stage on every core of
+    every cluster, one frame at a time, each layer's work split evenly over all N threads (a
+    static split, as ARM-CL's scheduler does: every thread gets the same share whatever its core).
+
+    - cluster c runs its ``cores_c / N`` share of unit u on its cores_c cores in
+      ``cores_c / N x ms(u, c, cores_c) / speed_c`` (the table's time for the whole unit on those
+      cores, scaled to the share: work splits, per-layer fixed costs are taken to split too, which
+      flatters the antecedent); the unit ends when the slowest cluster's share ends (the others
+      wait at the barrier);
+    - then the clusters exchange what they produced: every cluster needs the whole activation for
+      the next layer and made only its share, so (clusters - 1) x the bytes crossing the cut after
+      u go over the interconnect (``interconnect_gbs``, the figure the pipeline model charges a cut
+      between clusters: :func:`tunerd.throughput.transfer_ms`), plus ``sync_us`` of cross-cluster
+      barrier per unit (a board file's optional ``cross_cluster_sync_us``; 0 when it has none). The
+      last unit's output goes to the client, not to the other clusters. Activations crossing
+      between layers inside a unit are not counted: the cost is a lower bound.
+
+    With one cluster this is that cluster alone with all its cores (nothing to exchange)."""
+    specs = as_cluster_specs(clusters)
+    if not specs:
+        raise ConfigError("kernel parallelism needs at least one cluster")
+    total = sum(c.cores for c in specs)
+    compute = np.max([(c.cores / total) * table.ms(c.core_type, c.cores) / c.speed for c in specs], axis=0)
+    if len(specs) == 1:
+        return compute
+    exchange = (len(specs) - 1) * np.asarray(transfer_ms(table.out_bytes, interconnect_gbs), dtype=float)
+    exchange[-1] = 0.0
+    barrier = np.full(table.n_units, float(sync_us) / 1000.0)
+    barrier[-1] = 0.0
+    return compute + exchange + barrier
+
+
+def kernel_parallel_fps(table: UnitCostTable, clusters: Sequence[Any], *, interconnect_gbs: float | None = None,
+                        sync_us: float = 0.0) -> float:
+    """Frames/s of the all-cores kernel-parallel antecedent (see :func:`kernel_parallel_ms`)."""
+    return 1000.0 / float(kernel_parallel_ms(table, clusters, interconnect_gbs=interconnect_gbs,
+                                             sync_us=sync_us).sum())
 
 
 class SimulatedBoard:
@@ -145,12 +192,29 @@ class SimulatedBoard:
     def next_event(self) -> int | None:
         return self.schedule[self._applied][0] if self._applied < len(self.schedule) else None
 
-    def optimum(self) -> DseResult:
-        """The exhaustive optimum on the true costs at the current speeds."""
-        key = tuple(sorted(self.speeds.items()))
+    def optimum(self, *, replicas: bool = True) -> DseResult:
+        """The exhaustive optimum on the true costs at the current speeds (``replicas=False``:
+        the best pipeline without replicated stages, Pipe-it's space)."""
+        key = tuple(sorted(self.speeds.items())) + (("replicas", bool(replicas)),)
         if key not in self._optimum:
-            self._optimum[key] = exhaustive_optimum(self.model())
+            self._optimum[key] = exhaustive_optimum(self.model(), max_replicas=None if replicas else 1)
         return self._optimum[key]
+
+    def current_clusters(self) -> list[ClusterSpec]:
+        return [ClusterSpec(c.name, c.core_type, c.cores, self.speeds[c.name]) for c in self.clusters]
+
+    def single_cluster_fps(self, cluster: str) -> float:
+        """True fps of the whole network as one stage on ``cluster`` with all its cores."""
+        c = next((c for c in self.clusters if c.name == cluster), None)
+        if c is None:
+            raise ConfigError(f"unknown cluster {cluster!r} (clusters: {', '.join(self.speeds)})")
+        return self.true_fps(PipelineConfig((Stage(0, self.true_table.n_units - 1, c.name, c.cores),)))
+
+    def kernel_parallel_fps(self) -> float:
+        """True fps of the all-cores kernel-parallel antecedent (:func:`kernel_parallel_ms`) at the
+        current speeds, with the board's interconnect and its ``cross_cluster_sync_us`` if any."""
+        return kernel_parallel_fps(self.true_table, self.current_clusters(), interconnect_gbs=self.interconnect_gbs,
+                                   sync_us=float(self.board.get("cross_cluster_sync_us", 0.0)))
 
 
 @dataclass
