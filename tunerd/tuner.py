@@ -29,11 +29,13 @@ It converges when the incumbent has not improved by ``gain_threshold`` for ``pat
 generations that evaluated a new config (re-measurements do not count), when ``idle_patience``
 generations in a row found nothing worth evaluating, or when the episode's budget is spent; but
 before it converges (other than on the budget) the **confirmation** must hold: the
-``confirm_top_k`` best configs of the DSE on the refined surrogate that it rates within
-``confirm_floor`` of the incumbent have all been evaluated live (a surrogate whose cells mostly
-come from measurements can still rank a config it never saw first, and a prediction is no
-measurement), and the incumbent and any contender within noise of it have been measured
-``min_best_samples`` times.
+``confirm_top_k`` best configs on the refined surrogate (of the DSE's proposals, the population
+and the last offspring) and the DSE's best split of each of its ``confirm_top_k`` best layouts,
+those it rates within ``confirm_floor`` of the incumbent, have all been evaluated live (a
+surrogate whose cells mostly come from measurements can still rank first a config it never saw,
+and a prediction is no measurement); and the incumbent has been raced against the contenders
+within noise of it (``min_best_samples`` measurements each, more up to ``race_samples`` while
+they stay within noise).
 ``retune(speed_factors)`` warm-starts a new episode from the population and the cost table
 scaled to the new frequencies.
 """
