@@ -276,6 +276,7 @@ def _unwrap(reply: Reply) -> np.ndarray:
 
 
 # --- control -------------------------------------------------------------------------------------
+_MONITOR_IDS = itertools.count(1)
 _CONNECTED = zmq.EVENT_CONNECTED | getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
 _HANDSHAKE_FAILED = (getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
                      | getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)
@@ -302,12 +303,24 @@ class ControlClient:
         self.daemon: dict | None = None    # the hello reply, once said
         self._ids = itertools.count(1)
         self._check_ipc_path()
-        self._sock = _dealer(context or zmq.Context.instance(), self.address, curve_server_key, curve_keypair)
+        ctx = context or zmq.Context.instance()
+        self._sock = _dealer(ctx, self.address, curve_server_key, curve_keypair)
         # NOTE: the monitor is attached before connect() so no connection event can be missed; it is
-        # how "connection refused" is told apart from "slow" without waiting out the timeout.
-        self._monitor = self._sock.get_monitor_socket()
-        self._connected = False
-        self._sock.connect(self.address)
+        # how "connection refused" is told apart from "slow" without waiting out the timeout. Its
+        # inproc address is ours and unique: pyzmq's get_monitor_socket() names it after the socket's
+        # fd, and a new socket reusing the fd of one just closed can find that name still bound
+        # (libzmq releases it asynchronously) -> "Address already in use".
+        monitor_address = f"inproc://tunerd.control-monitor.{os.getpid()}.{next(_MONITOR_IDS)}"
+        self._monitor = None
+        try:
+            self._sock.monitor(monitor_address, zmq.EVENT_ALL)
+            self._monitor = ctx.socket(zmq.PAIR)
+            self._monitor.connect(monitor_address)
+            self._connected = False
+            self._sock.connect(self.address)
+        except BaseException:
+            self.close()
+            raise
 
     def _check_ipc_path(self) -> None:
         if not self.address.startswith("ipc://"):
@@ -329,7 +342,8 @@ class ControlClient:
     def close(self) -> None:
         if not self._sock.closed:
             self._sock.disable_monitor()
-            self._monitor.close(linger=0)
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
             self._sock.close(linger=0)
 
     def hello(self) -> dict:
