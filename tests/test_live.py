@@ -211,3 +211,34 @@ def test_a_window_lasts_min_seconds_whatever_its_frame_count():
         if tuner.told:
             break
     assert tuner.told and 1.0 <= now[0] < 1.1 and i + 1 > policy.max_frames
+
+
+def test_a_window_whose_epoch_the_pipeline_left_measures_the_config_again():
+    # a stage worker died mid-window and the pipeline restarted on the same config as a new epoch:
+    # the window must not wait forever for frames of the old epoch
+    config = "0-3@big:1"
+    pipe, tuner, now = FakePipeline(config), OneShot(config), [0.0]
+    live = LiveTuning(tuner, pipe, policy=WindowPolicy(warmup=1, min_frames=2, max_frames=3), clock=lambda: now[0])
+    live.step()
+    old = pipe.epoch
+    live.on_outcomes([_frame(old, 0, [2.0], [1.0])])          # the warm-up frame, then the restart
+    pipe.epoch += 1                                           # what Pipeline._recover does
+    live.step()
+    assert live.evaluating == config and not tuner.told
+    live.on_outcomes([_frame(old, i, [2.0], [1.0]) for i in range(1, 5)])   # late frames: ignored
+    live.step()
+    assert not tuner.told
+    live.on_outcomes([_frame(pipe.epoch, i, [4.0], [1.0]) for i in range(5, 9)])
+    live.step()
+    assert tuner.told and tuner.told[0][1] == pytest.approx(250.0)
+
+
+def test_a_pin_takes_effect_during_a_window():
+    config, pinned = "0-3@big:1", "0-3@little:1"
+    pipe, tuner = FakePipeline(config), OneShot(config)
+    live = LiveTuning(tuner, pipe, policy=WindowPolicy(warmup=1, min_frames=2, max_frames=3))
+    live.step()
+    assert live.evaluating == config
+    tuner.state, tuner.pinned = states.PINNED, pinned          # what Tuner.pin does
+    live.step()
+    assert str(pipe.config) == pinned and live.evaluating is None and not tuner.told

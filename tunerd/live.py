@@ -205,6 +205,17 @@ class LiveTuning:
     def step(self) -> None:
         """Finish a measurement window that is complete; start the next evaluation if any."""
         w = self._window
+        if w is not None and self.tuner.state == states.PINNED:
+            # NOTE: a pin takes effect now, not after the window (which may wait long for frames)
+            self._window = w = None
+        if w is not None and getattr(self.pipeline, "epoch", w.epoch) != w.epoch:
+            # NOTE: the pipeline moved on under the window (a stage worker died and it restarted, on
+            # the same config, as a new epoch): no more frames of the window's epoch will come, and
+            # the new workers start cold, so the config is measured again from its warm-up
+            epoch = (self.pipeline.epoch if str(self.pipeline.config) == str(w.config)
+                     else self._switch(w.config, force=True))
+            log.info("measuring %s again: the pipeline restarted during its window", w.config)
+            self._window = w = _Window(w.config, epoch, self.clock())
         if w is not None:
             if not self._window_done(w):
                 return
