@@ -95,7 +95,8 @@ def ort_classes(events, frames) -> dict:
             key = conv_key(kh, m, cg, ho, stride, depthwise)
             flops = 2.0 * out_elems * cg * kh * kw
         else:
-            key, flops = op, 0.0
+            # onnxruntime's fusions (FusedGemm: Gemm + activation) count as the op they replace
+            key, flops = op[len("Fused"):] if op.startswith("Fused") else op, 0.0
         out[key][0] += e["dur"] / 1e6 / frames
         out[key][1] += flops / frames
     return out
