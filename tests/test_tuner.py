@@ -13,7 +13,7 @@ from tunerd.errors import ConfigError, TunerdError
 from tunerd.pipeconfig import parse_config, validate
 from tunerd.simulator import SimulatedBoard, contention_prior, run_simulation, synthetic_table
 from tunerd.throughput import UnitCostTable
-from tunerd.tuner import CostTable, Tuner
+from tunerd.tuner import SurrogateTable, Tuner
 
 TX2 = {"name": "tx2-like", "interconnect_gbs": 4.0, "clusters": [
     {"name": "denver", "core_type": "Denver2", "cores": 2, "freq_mhz": 2035, "gflops_per_core": 8.0, "bandwidth_gbs": 10.0},
@@ -252,7 +252,7 @@ def _table(n=4):
 
 
 def test_cost_table_running_stats_and_back_off():
-    cost = CostTable(_table())
+    cost = SurrogateTable(_table())
     cost.add("A", 2, np.array([0, 1]), np.array([5.0, 3.0]))
     cost.add("A", 2, np.array([0]), np.array([7.0]))
     _count, mean, var = cost.cells("A")
@@ -276,7 +276,7 @@ def test_cost_table_running_stats_and_back_off():
 
 
 def test_cost_table_learns_contention_and_keeps_cells_contention_free():
-    cost = CostTable(_table(8))
+    cost = SurrogateTable(_table(8))
     rng = np.random.default_rng(0)
     alpha = 0.1
     for workers in (1, 2, 4):
@@ -287,7 +287,7 @@ def test_cost_table_learns_contention_and_keeps_cells_contention_free():
     assert cost.alpha["A"] == pytest.approx(alpha, abs=0.02)
     assert cost.estimate().ms("A", 2) == pytest.approx(np.full(8, 4.0), rel=0.03)
     # unidentifiable (one worker count only): the prior stays
-    other = CostTable(_table(8), {"A": 0.05})
+    other = SurrogateTable(_table(8), {"A": 0.05})
     other.add("A", 1, np.arange(8), np.full(8, 9.0), workers=4)
     other.estimate()
     assert other.alpha["A"] == 0.05
@@ -295,10 +295,10 @@ def test_cost_table_learns_contention_and_keeps_cells_contention_free():
 
 
 def test_cost_table_soften_and_round_trip():
-    cost = CostTable(_table(), {"A": 0.02})
+    cost = SurrogateTable(_table(), {"A": 0.02})
     for x in (4.0, 6.0, 5.0):
         cost.add("A", 1, np.array([3]), np.array([x]), workers=2)
-    again = CostTable.from_dict(json.loads(json.dumps(cost.to_dict())))
+    again = SurrogateTable.from_dict(json.loads(json.dumps(cost.to_dict())))
     assert again.to_dict() == cost.to_dict()
     assert again.estimate().ms("A", 1) == pytest.approx(cost.estimate().ms("A", 1))
     cost.soften(1)

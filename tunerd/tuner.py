@@ -8,7 +8,7 @@ The daemon (or the simulator) drives it one evaluation at a time, so it never bl
 
 What makes it evaluate few, well-chosen configs:
 
-- a **cost table** (:class:`CostTable`) of running mean/variance of measured ms per (unit, core
+- a **surrogate cost table** (:class:`SurrogateTable`) of running mean/variance of measured ms per (unit, core
   type, cores), starting from the hints' predictions. It is the **surrogate**. Unmeasured cells
   borrow, in log ratio measured/predicted, what was learnt about the same unit at other core
   counts, else about the unit on other core types (shrunk by the correlation of units' errors
@@ -56,12 +56,12 @@ from .genome import Genome, GenomeSpace
 from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, parse_config, validate
 from .throughput import PipelineModel, UnitCostTable
 
-__all__ = ["CostTable", "Tuner", "STATE_VERSION"]
+__all__ = ["SurrogateTable", "Tuner", "STATE_VERSION"]
 
 STATE_VERSION = 1
 
 
-class CostTable:
+class SurrogateTable:
     """Running mean/variance of measured unit ms per (unit, core type, cores), on top of the
     predictions, and the learnt memory-bandwidth contention per core type.
 
@@ -284,7 +284,7 @@ class CostTable:
                 "m2": {t: a.tolist() for t, a in self.m2.items()}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CostTable":
+    def from_dict(cls, data: Mapping[str, Any]) -> "SurrogateTable":
         table = cls(UnitCostTable.from_dict(data["predicted"]), data.get("prior"))
         for name in ("count", "mean", "m2"):
             getattr(table, name).update({t: np.asarray(v, dtype=float) for t, v in data[name].items()})
@@ -339,7 +339,7 @@ class Tuner:
                 raise ConfigError(f"contention for unknown cluster {name!r}")
         self.n_units = table.n_units
         self.space = GenomeSpace(self.clusters, self.n_units, max_stages)
-        self.cost = CostTable(table, {by_name[k].core_type: float(v) for k, v in (contention or {}).items()})
+        self.cost = SurrogateTable(table, {by_name[k].core_type: float(v) for k, v in (contention or {}).items()})
         self.rng = random.Random(rng_seed)
         self.clock = clock or time.time
         self.speeds = {c.name: c.speed for c in self.clusters}
@@ -639,7 +639,7 @@ class Tuner:
         if len(genomes) == 1:
             return genomes[0]
         est, sd = self.cost.estimate(), self.cost.uncertainty()
-        rho = self.cost.learnt.get("rho", CostTable.RHO_PRIOR)
+        rho = self.cost.learnt.get("rho", SurrogateTable.RHO_PRIOR)
         rng = np.random.default_rng([self.params["rng_seed"], self.evaluations, self.retunes])
         configs = [self.space.to_config(g) for g in genomes]
         base = self.surrogate()
@@ -914,7 +914,7 @@ class Tuner:
         if data.get("version") != STATE_VERSION:
             raise TunerdError(f"tuner state version {data.get('version')!r} is not {STATE_VERSION}")
         try:
-            cost = CostTable.from_dict(data["cost"])
+            cost = SurrogateTable.from_dict(data["cost"])
             clusters = [ClusterSpec(c["name"], c["core_type"], int(c["cores"]), float(c["speed"]))
                         for c in data["clusters"]]
             params = dict(data["params"])
