@@ -153,7 +153,10 @@ def render_status(status: dict, *, ascii: bool = False) -> str:
         fps = [v for v in history if isinstance(v, (int, float))]
         line = sparkline(fps, ascii=ascii)
         if fps:
-            line += f"  {fps[0]:.1f} .. {max(fps):.1f} fps over {len(fps)} evaluations"
+            # NOTE: the history spans retunes (a throttled board measures lower from then on): say
+            # first, highest and latest rather than a range that reads as this episode's
+            line += (f"  first {fps[0]:.1f}, highest {max(fps):.1f}, latest {fps[-1]:.1f} fps "
+                     f"over the last {len(fps)} evaluations")
         rows.append(("progress", line))
     rows.append(("uptime", duration(status.get("uptime_s"))))
     return "\n".join([head] + [f"  {label:<9} {text}" for label, text in rows])
