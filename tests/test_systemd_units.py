@@ -140,3 +140,15 @@ def test_example_config_is_what_the_daemon_reads():
     defaults = config_module.DaemonConfig()
     for key in config_module.DaemonConfig.__dataclass_fields__:
         assert getattr(cfg, key) == getattr(defaults, key), f"the example shows {key} other than its default"
+
+
+def test_a_window_min_seconds_out_of_range_is_refused_by_name(tmp_path):
+    config_module = pytest.importorskip("tunerd.config")
+    from tunerd.errors import ConfigError
+    path = tmp_path / "t.toml"
+    for bad in (-1, 61):
+        path.write_text(f"[tuner]\nwindow_min_seconds = {bad}\n")
+        with pytest.raises(ConfigError, match="window_min_seconds"):
+            config_module.load_config(str(path), required=True)
+    path.write_text("[tuner]\nwindow_min_seconds = 0\n")
+    assert config_module.load_config(str(path), required=True).window_min_seconds == 0

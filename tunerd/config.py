@@ -35,6 +35,9 @@ class DaemonConfig:
     seed: int = 0
     population: int = 16
     window_frames: int = 40
+    # NOTE: a window of a few fast frames samples one moment; where the speed drifts over fractions
+    # of a second (other processes, a VM's host) its figure moves with it (tests/test_live.py)
+    window_min_seconds: float = 0.25
     drift_threshold: float = 0.15
     pin: str | None = None
     # [limits]
@@ -53,7 +56,8 @@ SECTIONS = {
     "daemon": ("frames", "control", "state_dir", "log_level", "allow_remote"),
     "model": ("source", "input_size"),
     "platform": ("spec", "sysfs_root", "poll_interval_s"),
-    "tuner": ("budget", "seed", "population", "window_frames", "drift_threshold", "pin"),
+    "tuner": ("budget", "seed", "population", "window_frames", "window_min_seconds", "drift_threshold",
+              "pin"),
     "limits": ("queue_depth", "max_message_bytes", "max_in_flight"),
     "security": ("curve_secret_key_file", "curve_client_keys_dir"),
 }
@@ -108,6 +112,8 @@ def validate(cfg: DaemonConfig) -> None:
     for key in ("queue_depth", "max_message_bytes", "max_in_flight", "budget", "population", "window_frames"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not 0 <= cfg.window_min_seconds <= 60:
+        raise ConfigError(f"window_min_seconds must be between 0 and 60, got {cfg.window_min_seconds}")
     if not 0 < cfg.drift_threshold < 1:
         raise ConfigError(f"drift_threshold must be between 0 and 1, got {cfg.drift_threshold}")
     if cfg.poll_interval_s <= 0:

@@ -126,7 +126,8 @@ class Daemon:
         self.pipeline = Pipeline(self.model, initial, self.platform, sysfs_root=cfg.sysfs_root,
                                  max_inflight=cfg.max_in_flight)
         self.live = LiveTuning(self.tuner, self.pipeline, clock=self.clock,
-                               policy=WindowPolicy(max_frames=cfg.window_frames),
+                               policy=WindowPolicy(max_frames=cfg.window_frames,
+                                                   min_seconds=cfg.window_min_seconds),
                                on_converged=self._on_converged)
         if cfg.pin:
             self.tuner.pin(parse_config(cfg.pin))
