@@ -8,13 +8,13 @@ Schema (these fields at least; anything else is kept as is)::
 """
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import HintsError
+from .files import load_json
 from .pipeconfig import ClusterSpec
 
 __all__ = ["load_board", "validate_board", "board_clusters", "shipped_boards", "shipped_board_path"]
@@ -91,13 +91,7 @@ def load_board(name_or_path: str | Path | Mapping) -> dict:
         if not path.exists():
             known = ", ".join(shipped_boards()) or "none installed"
             raise HintsError(f"unknown board {text!r} (shipped boards: {known})")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HintsError(f"board file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise HintsError(f"cannot read board file {path}: {err}") from err
-    return validate_board(data, str(path))
+    return validate_board(load_json(path, "board file"), str(path))
 
 
 def board_clusters(board: Mapping) -> list[ClusterSpec]:

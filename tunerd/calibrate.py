@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ConfigError, HintsError, PlatformError
+from .files import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
 
@@ -408,24 +409,14 @@ class Calibration:
 
 
 def save_calibration(cal: Calibration, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write_text(path, json.dumps(cal.to_dict(), indent=1) + "\n")
     cal.path = str(path)
     return path
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HintsError(f"calibration file not found: {path}") from None
-    except (OSError, ValueError) as err:
-        raise HintsError(f"cannot read calibration file {path}: {err}") from err
-    cal = Calibration.from_dict(data, source=str(path))
+    cal = Calibration.from_dict(load_json(path, "calibration file"), source=str(path))
     cal.path = str(path)
     return cal
 

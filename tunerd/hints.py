@@ -31,6 +31,7 @@ import numpy as np
 
 from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_table
 from .errors import ConfigError, HintsError
+from .files import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
 
@@ -344,12 +345,7 @@ def dumps(hints: Hints) -> str:
 
 def save_hints(hints: Hints, path: str | os.PathLike) -> Path:
     """Write atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(hints))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, dumps(hints))
 
 
 def check_model(hints: Hints, model, source: str = "hints") -> None:
@@ -368,15 +364,7 @@ def check_model(hints: Hints, model, source: str = "hints") -> None:
 def load_hints(path: str | os.PathLike, *, model=None) -> Hints:
     """Read and validate a hints file; with ``model``, also check that it was made for that model."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HintsError(f"hints file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise HintsError(f"cannot read hints file {path}: {err}") from err
-    except ValueError as err:
-        raise HintsError(f"hints file {path}: not JSON ({err})") from err
-    hints = Hints.from_dict(data, source=str(path))
+    hints = Hints.from_dict(load_json(path, "hints file"), source=str(path))
     if model is not None:
         check_model(hints, model, str(path))
     return hints

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import passes
 from .errors import ModelError
+from .files import atomic_write_text
 from .graph import Graph, Node
 from .plan import ExecutionPlan
 from .units import Unit, split_units
@@ -109,9 +110,7 @@ class Model:
         directory.mkdir(parents=True, exist_ok=True)
         write_weights(directory / WEIGHTS_FILE, self.graph.weights)
         meta = {"format": 1, "source": self.source, "hash": self.hash, "graph": self.graph.structure_dict()}
-        tmp = directory / f".{GRAPH_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, directory / GRAPH_FILE)
+        atomic_write_text(directory / GRAPH_FILE, json.dumps(meta))
         return directory
 
     @classmethod
