@@ -95,15 +95,7 @@ def table1_models() -> dict:
 
 def network_table(models: dict) -> cm.FeatureTable:
     """All networks' layers in one table, "unit" = network index (in ZOO order)."""
-    feats, owner = [], []
-    for i, name in enumerate(ZOO):
-        for u in models[name].units:
-            for li in u.layers:
-                f = cm.layer_features(li)
-                if f is not None:
-                    feats.append(f)
-                    owner.append(i)
-    return cm.FeatureTable.from_features(feats, owner, len(ZOO))
+    return cm.FeatureTable.from_groups([li for u in models[name].units for li in u.layers] for name in ZOO)
 
 
 def predicted_fps(table: cm.FeatureTable, coeffs: cm.CoreCoeffs) -> np.ndarray:

@@ -564,17 +564,9 @@ def _nnls(a, b, iters: int = 200):
 
 def _features(sweep):
     """One FeatureTable row group per sweep layer (unit index = sweep index)."""
-    from .costmodel import FeatureTable, layer_features
-    feats, owner = [], []
-    for i, (op, params) in enumerate(sweep):
-        model = build_layer(op, params)
-        for u in model.units:
-            for li in u.layers:
-                f = layer_features(li)
-                if f is not None:
-                    feats.append(f)
-                    owner.append(i)
-    return FeatureTable.from_features(feats, owner, len(sweep))
+    from .costmodel import FeatureTable
+    return FeatureTable.from_groups([li for u in build_layer(op, params).units for li in u.layers]
+                                    for op, params in sweep)
 
 
 def _fit_single(table, ms, gflops: float, core_type: str, grid, llc_bytes: float):

@@ -129,16 +129,22 @@ class FeatureTable:
                    unit_arr, int(n_units if n_units is not None else (unit_arr.max() + 1 if len(unit_arr) else 0)))
 
     @classmethod
-    def from_units(cls, units: Iterable) -> "FeatureTable":
+    def from_groups(cls, groups: Iterable[Iterable]) -> "FeatureTable":
+        """One "unit" per group of layers (a model's unit, a whole network, a calibration layer);
+        layers without cost features are left out."""
         feats, owner = [], []
-        units = list(units)
-        for pos, u in enumerate(units):
-            for li in u.layers:
+        n = 0
+        for n, layers in enumerate(groups, start=1):
+            for li in layers:
                 f = layer_features(li)
                 if f is not None:
                     feats.append(f)
-                    owner.append(pos)
-        return cls.from_features(feats, owner, len(units))
+                    owner.append(n - 1)
+        return cls.from_features(feats, owner, n)
+
+    @classmethod
+    def from_units(cls, units: Iterable) -> "FeatureTable":
+        return cls.from_groups(u.layers for u in units)
 
 
 # ------------------------------------------------------------------------------ coefficients
