@@ -5,7 +5,7 @@ import pytest
 
 from tunerd.errors import ConfigError
 from tunerd.pipeconfig import (ClusterSpec, PipelineConfig, Stage, as_cluster_specs, assign_cpus, format_config,
-                               parse_config, validate)
+                               host_cpus, parse_config, validate)
 
 CLUSTERS = [ClusterSpec("little", "A53", 4), ClusterSpec("big", "A73", 4)]
 
@@ -118,3 +118,19 @@ def test_assign_cpus_in_order_and_disjoint():
     assert assign_cpus(parse_config("0-1@big:2x2 | 2-3@little:4"), CLUSTERS) == [[(4, 5), (6, 7)], [(0, 1, 2, 3)]]
     with pytest.raises(ConfigError, match="overlapping cores"):
         assign_cpus(parse_config("0-1@big:2x2 | 2-3@big:1"), rich)
+
+
+def test_host_cpus_prefer_free_cpus_then_the_stage_with_most_slack():
+    rich = [PlatformCluster("little", "A53", (0, 1, 2, 3)), PlatformCluster("big", "A73", (4, 5, 6, 7))]
+    # CPUs no stage uses: the feeder goes there, whatever the stages measure
+    config = parse_config("0-4@big:2 | 5-9@little:3")
+    assert host_cpus(config, rich) == (3, 6, 7)
+    assert host_cpus(config, rich, periods=[5.0, 9.0]) == (3, 6, 7)
+    # every CPU busy: the stage with the shortest period (replicas accounted by the caller)
+    full = parse_config("0-4@big:2x2 | 5-9@little:4")
+    assert host_cpus(full, rich, periods=[4.0, 9.0]) == (4, 5, 6, 7)
+    assert host_cpus(full, rich, periods=[9.0, 4.0]) == (0, 1, 2, 3)
+    # no free CPU and nothing measured (or not every stage): no advice
+    assert host_cpus(full, rich) == ()
+    assert host_cpus(full, rich, periods=[4.0, None]) == ()
+    assert host_cpus(full, rich, periods=[4.0]) == ()

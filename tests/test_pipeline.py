@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tunerd.errors import ConfigError, ModelError
+from tunerd.pipeconfig import assign_cpus
 from tunerd.pipeline import Pipeline, PipelineError
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
@@ -205,6 +206,30 @@ def test_workers_are_pinned_and_reused_on_reconfigure():
         assert len(i["affinity"]) >= 2                            # main thread and BLAS thread(s)
         assert all(cpus == [cpu] for cpus in i["affinity"].values()), i["affinity"]
         assert set(i["blas_threads"]) == {1}
+
+
+def test_place_host_moves_this_process_off_the_bottleneck_and_close_gives_cpus_back():
+    before = os.sched_getaffinity(0)
+    pipe, model = fake_pipeline("0-1@big:1 | 2-5@big:1", sleep_ms=2.0, profile_every=2)
+    with pipe:
+        if len(pipe.platform.cpus) == 2:
+            assert pipe.place_host() == ()                        # no free CPU, nothing measured yet
+        run_all(pipe, frames(model, 16))
+        placed = pipe.place_host()
+        bottleneck = pipe.stats()["bottleneck"]
+        infos = pipe.worker_info()
+        stage_cpus = assign_cpus(pipe.config, pipe.platform.clusters)
+        assert bottleneck == 1                                    # 4 sleeping units against 2
+        assert placed and not set(placed) & set(stage_cpus[1][0])
+        assert os.sched_getaffinity(0) == set(placed)
+        assert all(os.sched_getaffinity(int(t)) == set(placed) for t in os.listdir("/proc/self/task"))
+        assert pipe.place_host() == placed                        # same advice: nothing moves
+        for info in infos:                                        # the workers keep their own CPUs
+            assert all(set(a) == set(info["cpus"]) for a in info["affinity"].values()), info
+        got = run_all(pipe, frames(model, 4), first_id=16)
+        assert [o.frame_id for o in got] == list(range(16, 20))
+    assert os.sched_getaffinity(0) == before
+    assert pipe.host_placement == ()
 
 
 def test_worker_module_does_not_import_numpy():

@@ -87,7 +87,7 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
             windows = []
             for i in range(repeat):
                 w = warmup if i == 0 else 1
-                windows.append(measure(pipe, x, frames, w, first_id=next_id))
+                windows.append(measure(pipe, x, frames, w, first_id=next_id, place_host=True))
                 next_id += frames + w
             best = max(windows, key=lambda r: r["fps"])
             best.pop("first_out")

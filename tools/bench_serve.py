@@ -41,6 +41,7 @@ def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_fr
     lat = []
     with Pipeline(model, config, spec, sysfs_root=sysfs) as pipe:
         for i in range(latency_frames + 3):
+            pipe.place_host()          # as the daemon does (see Pipeline.place_host)
             t0 = time.perf_counter()
             pipe.submit(i, x)
             while not pipe.poll(1.0):

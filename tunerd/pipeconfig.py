@@ -15,7 +15,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ClusterSpec", "Stage", "PipelineConfig", "parse_config", "format_config", "validate",
-    "as_cluster_specs", "assign_cpus",
+    "as_cluster_specs", "assign_cpus", "host_cpus",
 ]
 
 
@@ -203,12 +203,9 @@ def validate(config: PipelineConfig, n_units: int, clusters: Sequence[Any]) -> P
     return config
 
 
-def assign_cpus(config: PipelineConfig, clusters: Sequence[Any]) -> list[list[tuple[int, ...]]]:
-    """Concrete CPU ids per stage and per replica: allocated in cluster order, disjoint.
-
-    Clusters with ``.cpus`` use those ids; a cluster with only ``.cores`` gets consecutive ids after
-    the previous clusters' (0.. for the first).
-    """
+def _cluster_cpu_ids(clusters: Sequence[Any]) -> dict[str, list[int]]:
+    """CPU ids per cluster name: ``.cpus`` where a cluster has them, else consecutive ids after the
+    previous clusters' (0.. for the first)."""
     cpu_lists: dict[str, list[int]] = {}
     next_id = 0
     for c in clusters:
@@ -219,6 +216,16 @@ def assign_cpus(config: PipelineConfig, clusters: Sequence[Any]) -> list[list[tu
             ids = list(range(next_id, next_id + int(c.cores)))
         next_id = max(ids, default=next_id - 1) + 1
         cpu_lists[c.name] = ids
+    return cpu_lists
+
+
+def assign_cpus(config: PipelineConfig, clusters: Sequence[Any]) -> list[list[tuple[int, ...]]]:
+    """Concrete CPU ids per stage and per replica: allocated in cluster order, disjoint.
+
+    Clusters with ``.cpus`` use those ids; a cluster with only ``.cores`` gets consecutive ids after
+    the previous clusters' (0.. for the first).
+    """
+    cpu_lists = _cluster_cpu_ids(clusters)
     validate(config, config.n_units, clusters)
     cursor = {name: 0 for name in cpu_lists}
     out = []
@@ -231,3 +238,24 @@ def assign_cpus(config: PipelineConfig, clusters: Sequence[Any]) -> list[list[tu
             cursor[s.cluster] = start + s.cores
         out.append(replicas)
     return out
+
+
+def host_cpus(config: PipelineConfig, clusters: Sequence[Any],
+              periods: Sequence[float] | None = None) -> tuple[int, ...]:
+    """CPUs for the process that feeds the pipeline (the daemon's own threads), where its work
+    (sockets, copies in and out) takes the least from the stages.
+
+    The platform's CPUs that no stage uses, if there are any; else the CPUs of the stage with the
+    most slack, i.e. the shortest ``periods[i]`` (stage i's time per frame, replicas accounted):
+    a core the bottleneck stage computes on is the one place the feeder must not compete for.
+    Empty when neither is known (no free CPU, no periods): leave the process where it is.
+    """
+    sets = assign_cpus(config, clusters)
+    used = {cpu for stage in sets for replica in stage for cpu in replica}
+    free = tuple(sorted({cpu for ids in _cluster_cpu_ids(clusters).values() for cpu in ids} - used))
+    if free:
+        return free
+    if periods is None or len(periods) != len(sets) or any(p is None for p in periods):
+        return ()
+    slack = min(range(len(sets)), key=lambda i: periods[i])
+    return tuple(sorted(cpu for replica in sets[slack] for cpu in replica))

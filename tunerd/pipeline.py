@@ -49,7 +49,7 @@ from . import worker as worker_mod
 from .costtable import CostTable
 from .errors import ConfigError, ModelError, TunerdError
 from .model import check_frame
-from .pipeconfig import PipelineConfig, assign_cpus, parse_config, validate
+from .pipeconfig import PipelineConfig, assign_cpus, host_cpus, parse_config, validate
 from .platform import Platform, resolve_platform
 from .shm import Ring, slot_size
 from .sysfs import CPUFREQ_DIR
@@ -213,6 +213,8 @@ class Pipeline:
         self.slot_bytes = slot_size(max(int(np.prod(s)) * 4 for s in self._shapes))
         self.profile_every = int(profile_every)
         self.max_inflight = max_inflight
+        self._allowed_host_cpus = frozenset(os.sched_getaffinity(0))
+        self.host_placement: tuple[int, ...] = ()   # where place_host() put this process (() = nowhere)
         self.max_retries = int(max_retries)
         self.window = int(window)
         self._opener = opener
@@ -391,12 +393,49 @@ class Pipeline:
                 "stages": stages, "bottleneck": bottleneck, "switches": list(self._switches),
                 "main_ms_per_frame": (1000 * self._main_s / self.frames_done if self.frames_done else None)}
 
+    def host_cpus(self, min_frames: int = 4) -> tuple[int, ...]:
+        """CPUs where the process feeding this pipeline takes the least from its stages
+        (``pipeconfig.host_cpus``), from the current epoch's measured stage periods once every
+        stage has ``min_frames`` in the window; () when there is no advice yet."""
+        stages = self.stats()["stages"]
+        periods = None
+        if all(st["frames"] >= min_frames for st in stages):
+            periods = [st["period_ms"] for st in stages]
+        return host_cpus(self._current.config, self.platform.clusters, periods)
+
+    def place_host(self) -> tuple[int, ...]:
+        """Move every thread of the calling process to ``host_cpus()`` (within the CPUs it was
+        allowed when the pipeline started); returns where its threads run now (() = never moved).
+
+        For a process whose job is feeding this pipeline (the daemon, ``tunerd bench``): its
+        sockets and frame copies then come out of a stage's slack, not the bottleneck's time.
+        Call it now and then (a few times a second at most); it moves the threads only when the
+        advice changes, and ``close`` gives the process its CPUs back.
+        """
+        cpus = tuple(c for c in self.host_cpus() if c in self._allowed_host_cpus)
+        if cpus and cpus != self.host_placement:
+            try:
+                worker_mod.pin_all_threads(cpus)
+            except OSError as err:
+                log.debug("cannot move this process's threads to CPUs %s: %s", cpus, err)
+            else:
+                log.debug("feeding process moved to CPUs %s (pipeline %s)", cpus, self._current.config)
+                self.host_placement = cpus
+        return self.host_placement
+
     def close(self) -> None:
         """Stop the workers (killing those that do not stop within a grace period), free the
-        shared memory, and fail every frame still inside (its outcome comes from ``poll``)."""
+        shared memory, fail every frame still inside (its outcome comes from ``poll``), and give
+        this process back the CPUs ``place_host`` took from it."""
         if self._closed:
             return
         self._closed = True
+        if self.host_placement:
+            try:
+                worker_mod.pin_all_threads(self._allowed_host_cpus)
+            except OSError as err:
+                log.warning("cannot give this process back CPUs %s: %s", sorted(self._allowed_host_cpus), err)
+            self.host_placement = ()
         for w in self._res.workers:
             if not w.dead:
                 self._send(w, ("stop",), quiet=True)

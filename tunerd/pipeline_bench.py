@@ -10,6 +10,9 @@ bottleneck (largest compute / replicas), and the overheads as shares of the bott
   adds on sampled frames (counted, at a per-read cost the worker measures when it starts);
 - main: the main process's CPU time per frame (copy in, copy out, messages, books, cost table).
 
+Like the daemon, the process moves its own threads off the bottleneck stage's cores while it
+streams (``Pipeline.place_host``), so the two measure the same arrangement.
+
 Hand-off and profiling are CPU times of the worker's thread (see tunerd.worker), so other
 processes holding the core do not count as overhead.
 """
@@ -71,13 +74,19 @@ def summarize(config, outcomes: list) -> dict[str, Any]:
             "profiling_overhead_pct": 100 * stages[b]["profiling_ms"] / period if period else None}
 
 
-def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0) -> dict[str, Any]:
+PLACE_EVERY = 8     # frames between two Pipeline.place_host() calls while streaming
+
+
+def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0,
+            place_host: bool = False) -> dict[str, Any]:
     """Stream ``warmup + frames`` frames through ``pipe`` on its current config and summarise the
-    timed ones (fps in steady state, latency, per-stage figures, overheads)."""
+    timed ones (fps in steady state, latency, per-stage figures, overheads). ``place_host``:
+    move this process off the bottleneck's cores as the daemon does (``Pipeline.place_host``)."""
     if frames < 1 or warmup < 0 or frames + warmup < 2:
         raise ConfigError(f"need --frames >= 1, --warmup >= 0 and two frames in all (got {frames} and {warmup})")
     main_before, done_before = pipe.main_seconds, pipe.frames_done
-    outcomes = stream(pipe, x, warmup + frames, first_id=first_id)
+    place = (lambda i: pipe.place_host() if i % PLACE_EVERY == 0 else None) if place_host else None
+    outcomes = stream(pipe, x, warmup + frames, first_id=first_id, on_submit=place)
     timed = outcomes[warmup:]
     t0 = outcomes[warmup - 1].received if warmup else outcomes[0].received
     n = frames if warmup else frames - 1
@@ -100,14 +109,15 @@ def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0)
 
 
 def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysfs_root: str = "/sys",
-                   frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8) -> dict:
+                   frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8,
+                   place_host: bool = True) -> dict:
     from .pipeline import Pipeline
     platform = resolve_platform(platform_spec, sysfs_root=sysfs_root)
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     t_start = time.perf_counter()
     with Pipeline(model, config_text, platform, sysfs_root=sysfs_root, ring_slots=ring_slots,
                   profile_every=profile_every) as pipe:
-        measured = measure(pipe, x, frames, warmup)
+        measured = measure(pipe, x, frames, warmup, place_host=place_host)
     result = {"model": model.name, "input_shape": list(model.input_shape), "mode": "pipeline",
               "platform": platform.describe(), "startup_s": measured.pop("first_out") - t_start}
     result.update(measured)
