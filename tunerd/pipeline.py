@@ -280,8 +280,11 @@ class Pipeline:
         """Put a frame in; False (nothing done) when the pipeline is full: poll, then retry."""
         self._check_open()
         arr = self._check_input(array)
-        self._service(0.0)
-        self._check_open()
+        if self._backlog or not self._input_free():
+            # NOTE: only now hear from the workers: a slot may have been released meanwhile (asking
+            # first would cost a poll of every worker per frame for nothing when there is room)
+            self._service(0.0)
+            self._check_open()
         if self._backlog or (self.max_inflight is not None and len(self._order) >= self.max_inflight):
             return False
         if not self._input_free():

@@ -57,6 +57,12 @@ def _ipc_in_use(path: Path) -> bool:
     return True
 
 
+def _readable(sock: zmq.Socket) -> bool:
+    """A message is waiting (asked first: a recv that raises zmq.Again costs more than the frame's
+    own decoding, and most ticks find nothing on one of the two sockets)."""
+    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+
 @dataclass
 class _Request:
     identity: bytes
@@ -242,7 +248,8 @@ class Daemon:
         self._read_frames()
         self._read_control()
         self._retry_held()
-        self._feed()
+        # NOTE: poll first: it hears the workers' releases and outputs, so the one _feed after it
+        # finds every slot there is (a _feed before it too cost a poll of every worker per tick)
         outcomes = self.pipeline.poll(0)
         self.live.on_outcomes(outcomes)
         for o in outcomes:
@@ -257,6 +264,8 @@ class Daemon:
         expected = list(self.model.input_shape)
         limits = protocol.Limits(max_message_bytes=self.cfg.max_message_bytes)
         for _ in range(budget):
+            if not _readable(self.frames):
+                return
             try:
                 msg = self.frames.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -353,6 +362,8 @@ class Daemon:
     # ------------------------------------------------------------------ control
     def _read_control(self) -> None:
         for _ in range(32):
+            if not _readable(self.control):
+                return
             try:
                 msg = self.control.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
