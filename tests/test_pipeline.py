@@ -232,6 +232,18 @@ def test_place_host_moves_this_process_off_the_bottleneck_and_close_gives_cpus_b
     assert pipe.host_placement == ()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_place_host_prefers_cpus_outside_an_emulated_platform():
+    before = os.sched_getaffinity(0)
+    first = min(before)
+    pipe, model = fake_pipeline("0-5@big:1", platform=f"emulate:big={first}@1.0")
+    with pipe:
+        assert pipe.place_host() == tuple(sorted(before - {first}))      # before any frame
+        assert os.sched_getaffinity(0) == before - {first}
+        assert len(run_all(pipe, frames(model, 3))) == 3
+    assert os.sched_getaffinity(0) == before
+
+
 def test_worker_module_does_not_import_numpy():
     code = "import sys, tunerd.worker; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

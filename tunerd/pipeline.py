@@ -399,7 +399,11 @@ class Pipeline:
     def host_cpus(self, min_frames: int = 4) -> tuple[int, ...]:
         """CPUs where the process feeding this pipeline takes the least from its stages
         (``pipeconfig.host_cpus``), from the current epoch's measured stage periods once every
-        stage has ``min_frames`` in the window; () when there is no advice yet."""
+        stage has ``min_frames`` in the window; () when there is no advice yet. CPUs this process
+        may use outside the platform (an emulated board on part of a machine) come first."""
+        outside = tuple(sorted(self._allowed_host_cpus - set(self.platform.cpus)))
+        if outside:
+            return outside
         stages = self.stats()["stages"]
         periods = None
         if all(st["frames"] >= min_frames for st in stages):
