@@ -530,3 +530,4 @@ def test_bench_command_reports_a_pipeline(capsys):
     for key in ("compute_ms", "wait_ms", "blocked_ms", "handoff_ms", "profiling_ms"):
         assert result["stages"][0][key] is not None
     assert result["handoff_overhead_pct"] is not None and result["latency_ms_median"] > 0
+    assert result["host_cpus"] is None or set(result["host_cpus"]) <= os.sched_getaffinity(0)

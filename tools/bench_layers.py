@@ -9,16 +9,31 @@ else by op type. Per class it prints milliseconds per frame, GFLOP/s (multiply-a
 and the ratio ort/ours (above 1: we are faster). The last line is the share of our time the
 classes below 0.8 take: that is where a kernel change pays.
 
-    python tools/bench_layers.py resnet50 [--frames 7] [--top 25] [--json]
+``--floor`` adds, per class, the time our kernels' approach could not go below on this machine,
+and from it the network's ceiling ratio (ort / sum of floors). The floor is deliberately
+generous to us: only the arithmetic our kernels cannot avoid is timed, in isolation, with hot
+operands, and everything else (im2col copies, Winograd transforms, padding, bias and activation
+passes, pooling, concat, elementwise ops) counts as free:
+- a dense or grouped conv: the bare ``np.matmul`` (OpenBLAS sgemm) of its im2col GEMM, or the 16
+  batched GEMMs of Winograd F(2x2, 3x3) for a 3x3 stride-1 conv if those are faster;
+- a depthwise conv: the kh*kw multiply and kh*kw - 1 add passes over the output that a numpy
+  shift-and-accumulate needs (numpy has no fused multiply-add ufunc);
+- Gemm/MatMul: the bare matmul; every other op: zero.
+A ceiling under 0.8 means no arrangement of numpy + OpenBLAS calls of this kind reaches the
+target on that network; only a compiled kernel (a new dependency) could.
+
+    python tools/bench_layers.py resnet50 [--frames 7] [--top 25] [--floor] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -102,7 +117,63 @@ def ort_classes(events, frames) -> dict:
     return out
 
 
-def run(name: str, frames: int, tmp: Path) -> dict:
+def _median_seconds(fn, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+@functools.lru_cache(maxsize=None)
+def conv_floor(m, cg, kh, kw, group, ho, wo, stride, reps) -> float:
+    """Seconds of the arithmetic a numpy + OpenBLAS conv of this shape cannot avoid (see --floor)."""
+    rng = np.random.default_rng(0)
+    npix = ho * wo
+    if group > 1 and cg == 1:
+        # flat arrays and a scalar weight: no per-row loop overhead, whatever the layout
+        out = rng.standard_normal(m * npix, dtype=np.float32)
+        src = rng.standard_normal(m * npix, dtype=np.float32)
+        tmp = np.empty_like(out)
+        w = np.float32(0.5)
+
+        def depthwise():
+            np.multiply(src, w, out=out)
+            for _ in range(kh * kw - 1):
+                np.multiply(src, w, out=tmp)
+                np.add(out, tmp, out=out)
+        return _median_seconds(depthwise, reps)
+    mg, k = m // group, cg * kh * kw
+    a = rng.standard_normal((group, mg, k), dtype=np.float32)
+    b = rng.standard_normal((group, k, npix), dtype=np.float32)
+    c = np.empty((group, mg, npix), np.float32)
+    best = _median_seconds(lambda: np.matmul(a, b, out=c), reps)
+    if (kh, kw) == (3, 3) and stride == 1 and group == 1:
+        tiles = -(-ho // 2) * -(-wo // 2)
+        u = rng.standard_normal((16, m, cg), dtype=np.float32)
+        v = rng.standard_normal((16, cg, tiles), dtype=np.float32)
+        p = np.empty((16, m, tiles), np.float32)
+        best = min(best, _median_seconds(lambda: np.matmul(u, v, out=p), reps))
+    return best
+
+
+def node_floor(node, graph, shapes, reps: int) -> float:
+    if node.op == "Conv":
+        m, cg, kh, kw = graph.weights[node.inputs[1]].shape
+        ys = shapes[node.outputs[0]]
+        stride = int((node.attrs.get("strides") or (1, 1))[0])
+        return conv_floor(m, cg, kh, kw, int(node.attrs.get("group", 1)), ys[2], ys[3], stride, reps)
+    if node.op in ("Gemm", "MatMul"):
+        a, b = (shapes[i] for i in node.inputs[:2])
+        trans_b = node.op == "Gemm" and int(node.attrs.get("transB", 0))
+        k, n = (b[1], b[0]) if trans_b else (b[-2], b[-1])
+        return conv_floor(n, k, 1, 1, 1, int(np.prod(a[:-1])), 1, 1, reps)
+    return 0.0
+
+
+def run(name: str, frames: int, tmp: Path, floor: bool = False) -> dict:
     from threadpoolctl import threadpool_limits
     import onnxruntime as ort
     model, path = build(name, tmp)
@@ -130,6 +201,14 @@ def run(name: str, frames: int, tmp: Path) -> dict:
     if len(starts) > frames:
         events = [e for e in events if e.get("ts", 0) >= starts[-frames]]
     ours = our_classes(model, plan, times)
+    floors = collections.defaultdict(float)
+    if floor:
+        by_name = {n.name: n for n in model.graph.nodes}
+        with threadpool_limits(limits=1):
+            floor_times = [node_floor(by_name[n], model.graph, model.shapes, max(5, frames))
+                           for n in plan.node_names]
+        for key, t in our_classes(model, plan, [[t] for t in floor_times]).items():
+            floors[key] = t[0]
     ort_ = collections.defaultdict(lambda: [0.0, 0.0])
     for key, (t, flops) in ort_classes(events, frames).items():
         a = ort_[align(key, ours)]
@@ -141,13 +220,18 @@ def run(name: str, frames: int, tmp: Path) -> dict:
         rows.append({"class": key, "ours_ms": 1e3 * o[0], "ort_ms": 1e3 * r[0],
                      "ours_gflops": o[1] / o[0] / 1e9 if o[0] and o[1] else None,
                      "ort_gflops": r[1] / r[0] / 1e9 if r[0] and r[1] else None,
-                     "ratio": r[0] / o[0] if o[0] and r[0] else None})
+                     "ratio": r[0] / o[0] if o[0] and r[0] else None,
+                     **({"floor_ms": 1e3 * floors.get(key, 0.0)} if floor else {})})
     rows.sort(key=lambda r: -r["ours_ms"])
     total_ours = sum(r["ours_ms"] for r in rows)
     total_ort = sum(r["ort_ms"] for r in rows)
     slow = sum(r["ours_ms"] for r in rows if r["ratio"] is not None and r["ratio"] < 0.8)
-    return {"network": name, "frames": frames, "ours_ms": total_ours, "ort_ms": total_ort,
-            "ratio": total_ort / total_ours, "share_below_0_8": slow / total_ours, "classes": rows}
+    res = {"network": name, "frames": frames, "ours_ms": total_ours, "ort_ms": total_ort,
+           "ratio": total_ort / total_ours, "share_below_0_8": slow / total_ours, "classes": rows}
+    if floor:
+        res["floor_ms"] = sum(r["floor_ms"] for r in rows)
+        res["ceiling_ratio"] = total_ort / res["floor_ms"]
+    return res
 
 
 def main(argv=None) -> int:
@@ -155,27 +239,35 @@ def main(argv=None) -> int:
     ap.add_argument("network", choices=sorted(NETWORKS))
     ap.add_argument("--frames", type=int, default=7, help="profiled frames per engine (default 7)")
     ap.add_argument("--top", type=int, default=25, help="classes to print, slowest of ours first (default 25)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time each class's floor and print the network's ceiling ratio (see above)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.frames < 1:
         ap.error("--frames must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("TUNERD_CACHE_DIR", str(Path(tmp) / "cache"))
-        res = run(args.network, args.frames, Path(tmp))
+        res = run(args.network, args.frames, Path(tmp), floor=args.floor)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{res['network']}: kernels ours {res['ours_ms']:.1f} ms, onnxruntime {res['ort_ms']:.1f} ms, "
           f"ort/ours {res['ratio']:.2f} (median of {res['frames']} frames, single thread; ORT layout "
           f"changes like ReorderInput count as their own class)")
-    print(f"{'class':<34} {'ours ms':>8} {'GF/s':>5} {'ort ms':>8} {'GF/s':>5} {'ort/ours':>9}")
+    fl = args.floor
+    print(f"{'class':<34} {'ours ms':>8} {'GF/s':>5} {'ort ms':>8} {'GF/s':>5} {'ort/ours':>9}"
+          + (f" {'floor ms':>9}" if fl else ""))
 
     def num(v, fmt):
         return format(v, fmt) if v is not None else "-"
     for r in res["classes"][: args.top]:
         print(f"{r['class']:<34} {r['ours_ms']:>8.2f} {num(r['ours_gflops'], '5.0f'):>5} {r['ort_ms']:>8.2f} "
-              f"{num(r['ort_gflops'], '5.0f'):>5} {num(r['ratio'], '9.2f'):>9}")
+              f"{num(r['ort_gflops'], '5.0f'):>5} {num(r['ratio'], '9.2f'):>9}"
+              + (f" {r['floor_ms']:>9.2f}" if fl else ""))
     print(f"classes below 0.8x take {res['share_below_0_8']:.0%} of our kernel time")
+    if fl:
+        print(f"floor {res['floor_ms']:.1f} ms: ceiling ort/ours {res['ceiling_ratio']:.2f} with every copy, "
+              f"transform, epilogue and non-conv op free")
     return 0
 
 

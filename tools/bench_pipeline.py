@@ -69,6 +69,10 @@ def two_stage(cut: int, n: int, first: str, second: str) -> str:
     return f"0-{cut - 1}@{first}:1 | {cut}-{n - 1}@{second}:1"
 
 
+# this process moves off the bottleneck stage's cores as the daemon does (--no-place-host: it does not)
+PLACE_HOST = True
+
+
 def run_configs(model, platform, configs: list[str], frames: int, warmup: int, sysfs_root: str,
                 repeat: int, opener=None) -> list[dict]:
     """Each config in turn on one pipeline (reconfigured between them, no new processes); per
@@ -87,7 +91,7 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
             windows = []
             for i in range(repeat):
                 w = warmup if i == 0 else 1
-                windows.append(measure(pipe, x, frames, w, first_id=next_id, place_host=True))
+                windows.append(measure(pipe, x, frames, w, first_id=next_id, place_host=PLACE_HOST))
                 next_id += frames + w
             best = max(windows, key=lambda r: r["fps"])
             best.pop("first_out")
@@ -368,6 +372,9 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", metavar="UNITS:MS", default="12:4",
                         help="also run (c) and (f) on a model of UNITS units that sleep MS ms each (default "
                              "12:4; 'none' to skip): the executor's own figures, free of CPU contention")
+    parser.add_argument("--no-place-host", action="store_true",
+                        help="leave this process where the scheduler puts it (default: off the bottleneck "
+                             "stage's cores, as the daemon does: Pipeline.place_host)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-': stdout)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -376,6 +383,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)} (zoo: {', '.join(ZOO)})")
     if len(os.sched_getaffinity(0)) < 2:
         parser.error("needs 2 CPUs (0 and 1)")
+    global PLACE_HOST
+    PLACE_HOST = not args.no_place_host
 
     from tunerd.fakesysfs import make_emulated_tree
     from tunerd.platform import resolve_platform

@@ -118,6 +118,7 @@ def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysf
     with Pipeline(model, config_text, platform, sysfs_root=sysfs_root, ring_slots=ring_slots,
                   profile_every=profile_every) as pipe:
         measured = measure(pipe, x, frames, warmup, place_host=place_host)
+        measured["host_cpus"] = list(pipe.host_placement) or None
     result = {"model": model.name, "input_shape": list(model.input_shape), "mode": "pipeline",
               "platform": platform.describe(), "startup_s": measured.pop("first_out") - t_start}
     result.update(measured)

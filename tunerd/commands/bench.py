@@ -13,7 +13,9 @@ from ..model import load_model
 def register(sub) -> None:
     p = sub.add_parser("bench", help="throughput of one config in-process (no sockets)",
                        description="Measure the throughput of a model in this process: a single stage "
-                                   "with N BLAS threads (--threads), or a pipeline config (--pipeline).")
+                                   "with N BLAS threads (--threads), or a pipeline config (--pipeline; "
+                                   "like the daemon, this process then moves its own threads off the "
+                                   "bottleneck stage's cores, and the JSON says where: host_cpus).")
     p.add_argument("--model", required=True, metavar="SRC", help="zoo:NAME or a path to an .onnx file")
     p.add_argument("--input-size", type=int, metavar="N", help="input height = width (default: the model's)")
     mode = p.add_mutually_exclusive_group(required=True)
