@@ -9,6 +9,7 @@ import pytest
 import zmq
 import zmq.auth
 
+import fake_daemon
 from fake_daemon import FakeDaemon
 from tunerd import protocol
 from tunerd.client import (Client, ClientError, ClientTimeout, ControlClient, DaemonNotRunning, RemoteError,
@@ -268,3 +269,25 @@ def test_loadgen_fixed_rate_for_a_duration_and_timeouts(capsys):
         argv = ["--frames", d.frames_address, "--shape", "1x3x8x8", "-n", "3", "--timeout", "0.2", "--json"]
         assert loadgen.main(argv) == 1
         assert json.loads(capsys.readouterr().out)["errors"] == {"timeout": 3}
+
+
+def test_loadgen_colocate_follows_the_daemons_host_cpus(capsys):
+    import os
+
+    from tunerd.worker import pin_all_threads
+    loadgen = _loadgen()
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    status = {**fake_daemon.STATUS, "host_cpus": [cpu]}
+    try:
+        with FakeDaemon(status=status) as d:
+            argv = ["--frames", d.frames_address, "--control", d.control_address, "-n", "20", "--colocate", "--json"]
+            assert loadgen.main(argv) == 0
+            assert os.sched_getaffinity(0) == {cpu}       # every thread of the process moved
+    finally:
+        pin_all_threads(before)
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames_ok"] == 20 and report["colocated_cpus"] == [[cpu]]
+    with pytest.raises(SystemExit) as exc:
+        loadgen.main(["--shape", "1,3,8,8", "--colocate"])
+    assert exc.value.code == 2 and "--colocate needs --control" in capsys.readouterr().err

@@ -152,3 +152,14 @@ def test_a_window_min_seconds_out_of_range_is_refused_by_name(tmp_path):
             config_module.load_config(str(path), required=True)
     path.write_text("[tuner]\nwindow_min_seconds = 0\n")
     assert config_module.load_config(str(path), required=True).window_min_seconds == 0
+
+
+def test_place_self_is_a_boolean_that_can_be_turned_off(tmp_path):
+    config_module = pytest.importorskip("tunerd.config")
+    from tunerd.errors import ConfigError
+    path = tmp_path / "t.toml"
+    path.write_text("[platform]\nplace_self = false\n")
+    assert config_module.load_config(str(path), required=True).place_self is False
+    path.write_text("[platform]\nplace_self = 1\n")
+    with pytest.raises(ConfigError, match="place_self"):
+        config_module.load_config(str(path), required=True)

@@ -4,6 +4,10 @@
 - in-process: `tunerd bench --pipeline` (a Pipeline fed from this process, no sockets);
 - served: `tunerd serve --pin CONFIG` fed by tools/loadgen.py over ipc sockets.
 
+Both place their frame-making, frame-feeding side as tunerd does: the in-process side moves itself
+off the bottleneck stage's cores (Pipeline.place_host), the daemon does the same, and the load
+generator follows the daemon there for the throughput runs (loadgen --colocate).
+
 Throughput with the pipeline kept full (loadgen: several clients, several frames in flight each),
 and latency with one frame at a time (so it is the serving path's own latency, not queueing). Runs
 alternate in-process / served for ``--rounds`` rounds; medians and ratios are reported. Emulated
@@ -65,7 +69,11 @@ def served(args, config: str, spec: str, sysfs: str, tmp: Path) -> dict:
                                   "--control", control, "--json", *extra], capture_output=True, text=True, check=True)
             return json.loads(out.stdout)
         loadgen("-c", "1", "-k", "4", "-n", "10")                     # warm-up
-        full = loadgen("-c", str(args.clients), "-k", "4", "-d", str(args.seconds))
+        # NOTE: --colocate for throughput: the load generator runs where the daemon runs (off the
+        # bottleneck's cores), the arrangement of the in-process side, whose one process makes and
+        # feeds frames. Not for latency: one frame at a time leaves cores idle, and sharing one
+        # core with the daemon and a stage only adds context switches to every round trip.
+        full = loadgen("-c", str(args.clients), "-k", "4", "-d", str(args.seconds), "--colocate")
         one = loadgen("-c", "1", "-k", "1", "-n", str(args.latency_frames))
         return {"fps": full["fps"], "latency_ms_p50": one["latency_ms"]["p50"],
                 "server_latency_ms_p50": one["server_latency_ms"]["p50"]}

@@ -5,7 +5,9 @@
     tools/loadgen.py --rate 30 --count 600 --json          # open loop, 30 frames/s in all
 The frame shape comes from --shape, else from the daemon's status (`input_shape`, via --control).
 It stops by itself (duration or count), drains replies and reports fps, latency percentiles
-(round trip at the client, and the daemon's own `latency_us`) and errors by code.
+(round trip at the client, and the daemon's own `latency_us`) and errors by code. With --colocate
+(and --control) it runs on the daemon's own CPUs (status `host_cpus`, re-read every second), off
+the bottleneck stage's cores: where a client on the same board should run.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class Tally:
         self.server_us += other.server_us
         self.errors.update(other.errors)
         self.sent += other.sent
+
+
+COLOCATE_EVERY_S = 1.0     # --colocate: how often the daemon's host_cpus are read again
 
 
 class Budget:
@@ -123,6 +128,28 @@ def input_shape_from_daemon(args) -> list[int]:
     return shape
 
 
+def colocate(args, stop: threading.Event, where: list) -> None:
+    """Keep every thread of this process on the daemon's ``host_cpus`` until ``stop``; the CPUs
+    used go into ``where``. A status that cannot be read is skipped: the load goes on meanwhile."""
+    from tunerd.worker import pin_all_threads
+    current = None
+    with ControlClient(args.control, args.timeout) as ctl:
+        while True:
+            try:
+                cpus = ctl.call(protocol.STATUS).get("host_cpus")
+            except ClientError:
+                cpus = None
+            if cpus and cpus != current:
+                try:
+                    pin_all_threads(cpus)
+                    current = cpus
+                    where.append(list(cpus))
+                except (OSError, ValueError):
+                    pass        # CPUs this process may not use: stay where it is
+            if stop.wait(COLOCATE_EVERY_S):
+                return
+
+
 def run(args) -> dict:
     shape = args.shape or input_shape_from_daemon(args)
     frame = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
@@ -141,11 +168,19 @@ def run(args) -> dict:
             failures.append(err)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(args.clients)]
+    stop, placed = threading.Event(), []
+    follower = (threading.Thread(target=colocate, args=(args, stop, placed), daemon=True)
+                if args.colocate else None)
+    if follower is not None:
+        follower.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
+    stop.set()
+    if follower is not None:
+        follower.join(args.timeout)
     if failures:
         raise failures[0]
     total = Tally()
@@ -161,6 +196,7 @@ def run(args) -> dict:
         "server_latency_ms": {"p50": (percentile(total.server_us, 50) or 0) / 1e3 if total.server_us else None,
                               "p99": (percentile(total.server_us, 99) or 0) / 1e3 if total.server_us else None},
         "errors": dict(total.errors),
+        "colocated_cpus": placed,
     }
 
 
@@ -205,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curve-server-key", metavar="KEY|FILE")
     p.add_argument("--curve-client-cert", metavar="FILE")
+    p.add_argument("--colocate", action="store_true",
+                   help="run on the daemon's own CPUs (status host_cpus, followed every second; needs --control)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -215,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients < 1 or args.in_flight < 1 or (args.rate is not None and args.rate <= 0) \
             or (args.count is not None and args.count < 1) or (args.duration is not None and args.duration <= 0):
         parser.error("--clients, --in-flight, --rate, --count and --duration must be positive")
+    if args.colocate and not args.control:
+        parser.error("--colocate needs --control (the daemon's status says where it runs)")
     try:
         report = run(args)
     except DaemonNotRunning as err:

@@ -30,6 +30,7 @@ class DaemonConfig:
     spec: str = "auto"
     sysfs_root: str = "/sys"
     poll_interval_s: float = 1.0
+    place_self: bool = True
     # [tuner]
     budget: int = 60
     seed: int = 0
@@ -55,7 +56,7 @@ class DaemonConfig:
 SECTIONS = {
     "daemon": ("frames", "control", "state_dir", "log_level", "allow_remote"),
     "model": ("source", "input_size"),
-    "platform": ("spec", "sysfs_root", "poll_interval_s"),
+    "platform": ("spec", "sysfs_root", "poll_interval_s", "place_self"),
     "tuner": ("budget", "seed", "population", "window_frames", "window_min_seconds", "drift_threshold",
               "pin"),
     "limits": ("queue_depth", "max_message_bytes", "max_in_flight"),

@@ -471,7 +471,7 @@ class Daemon:
         if interval and now - self._last_watchdog >= interval:
             self._last_watchdog = now
             self.notify.watchdog()
-        if now - self._last_placement >= PLACEMENT_INTERVAL_S:
+        if self.cfg.place_self and now - self._last_placement >= PLACEMENT_INTERVAL_S:
             self._last_placement = now
             # NOTE: measured (bench_serve, emulated 1+1 pipeline on 2 cores): left to the scheduler,
             # the daemon and its clients take their ~25% of a core from whichever stage is there, and
