@@ -45,6 +45,7 @@ STATUS: dict[str, Any] = {
     "generation": 3,
     "evaluations": 24,
     "frames_served": 1234,
+    "host_cpus": [0],
     "retunes": 1,
     "pinned": False,
     "history_fps": [12.0, 20.5, 18.0, 30.0, 35.5, 41.5, 44.0, 43.0],

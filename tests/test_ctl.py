@@ -32,7 +32,7 @@ def test_status_shows_what_an_operator_needs(daemon, capsys):
     for needle in ("tuning", "emulate:big=0@1.0,little=1@0.4", "big: cpus 0", "little: cpus 1", "speed 0.40",
                    "2000 MHz", "thermal_zone0 48 C", "squeezenet (zoo:squeezenet, 18 units)",
                    "0-9@big:1 | 10-17@little:1", "41.5 fps", "0-11@big:1 | 12-17@little:1", "44.0 fps",
-                   "generation 3", "24 evaluations", "1 retune", "1,234 frames", "1h 02m 03s"):
+                   "generation 3", "24 evaluations", "1 retune", "1,234 frames", "daemon on cpus 0", "1h 02m 03s"):
         assert needle in text, needle
     assert any(line.strip().startswith("progress") and "▁" in line and "█" in line for line in text.splitlines())
 
@@ -49,6 +49,7 @@ def test_status_renders_a_minimal_map():
     text = ctl.render_status({"state": "idle", "config": None, "best": {"config": None, "fps": None},
                               "evaluations": 0, "frames_served": 0, "retunes": 0, "platform": "auto"})
     assert "idle" in text and "auto" in text and "- fps" in text and "0 frames" in text
+    assert "daemon on" not in text
 
 
 def test_history_accepts_the_early_key_name():

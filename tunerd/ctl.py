@@ -147,7 +147,9 @@ def render_status(status: dict, *, ascii: bool = False) -> str:
     rows.append(("search", f"generation {status.get('generation', '-')}, {status.get('evaluations', 0)} evaluations, "
                            f"{retunes} retune{'' if retunes == 1 else 's'}"))
     served = status.get("frames_served")
-    rows.append(("served", f"{served:,} frames" if isinstance(served, int) else "-"))
+    host = status.get("host_cpus")
+    rows.append(("served", (f"{served:,} frames" if isinstance(served, int) else "-")
+                 + (f"  (daemon on cpus {compact_cpus(host)})" if isinstance(host, list) and host else "")))
     history = status.get("history_fps") or []
     if history:
         fps = [v for v in history if isinstance(v, (int, float))]
