@@ -92,10 +92,11 @@ def main(argv=None) -> int:
         try:
             print("== starting the daemon (first start calibrates this machine for the hints)", flush=True)
             wait_for_daemon(control, daemon, timeout=600)
-            print(f"== feeding it: {args.clients} clients, closed loop", flush=True)
+            print(f"== feeding it: {args.clients} clients, closed loop, on the daemon's own CPUs", flush=True)
             loadgen = subprocess.Popen([sys.executable, str(Path(__file__).parent / "loadgen.py"), "--frames",
                                         frames, "--control", control, "--clients", str(args.clients),
-                                        "--duration", str(4 * args.timeout)], stdout=subprocess.DEVNULL)
+                                        "--duration", str(4 * args.timeout), "--colocate"],
+                                       stdout=subprocess.DEVNULL)
             print("== tunerctl watch (until converged)", flush=True)
             run_ctl(control, "watch", "--interval", "1", timeout=args.timeout)
             run_ctl(control, "status")
