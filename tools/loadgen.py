@@ -133,11 +133,16 @@ def colocate(args, stop: threading.Event, where: list) -> None:
     used go into ``where``. A status that cannot be read is skipped: the load goes on meanwhile."""
     from tunerd.worker import pin_all_threads
     current = None
-    with ControlClient(args.control, args.timeout) as ctl:
+    try:
+        ctl = ControlClient(args.control, args.timeout)
+    except ClientError as err:
+        print(f"loadgen: --colocate: {err}; running where the scheduler puts it", file=sys.stderr)
+        return
+    with ctl:
         while True:
             try:
                 cpus = ctl.call(protocol.STATUS).get("host_cpus")
-            except ClientError:
+            except (ClientError, AttributeError):
                 cpus = None
             if cpus and cpus != current:
                 try:
