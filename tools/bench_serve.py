@@ -55,6 +55,52 @@ def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_fr
     return {"fps": full["fps"], "latency_ms_p50": float(np.median(lat))}
 
 
+def _echo(address: str, reply_bytes: int) -> None:
+    """A ROUTER that answers every message with a reply of ``reply_bytes`` until it gets b"stop"."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(address)
+    reply = bytes(reply_bytes)
+    while True:
+        msg = sock.recv_multipart(copy=False)
+        if msg[-1].bytes == b"stop":
+            break
+        sock.send_multipart([msg[0], b"h", reply])
+    sock.close(linger=0)
+    ctx.term()
+
+
+def transport_rtt(tmp: Path, request_shape, reply_shape, count: int = 300) -> dict:
+    """The bare ZeroMQ round trip over ipc between two Python processes, with the frame and reply
+    sizes of this model: the floor any client's added latency stands on here."""
+    import multiprocessing
+
+    import zmq
+    address = f"ipc://{tmp}/echo.sock"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_echo, args=(address, 4 * int(np.prod(reply_shape))), daemon=True)
+    child.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    frame = np.zeros(request_shape, np.float32)
+    times = []
+    try:
+        for _ in range(count + 20):
+            t0 = time.perf_counter()
+            sock.send_multipart([b"h", frame])
+            sock.recv_multipart()
+            times.append(1000 * (time.perf_counter() - t0))
+        sock.send_multipart([b"stop"])
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        child.join(10)
+    times = times[20:]
+    return {"rtt_ms_p50": float(np.median(times)), "rtt_ms_p10": float(np.percentile(times, 10))}
+
+
 def served(args, config: str, spec: str, sysfs: str, tmp: Path) -> dict:
     frames, control = f"ipc://{tmp}/frames.sock", f"ipc://{tmp}/control.sock"
     daemon = subprocess.Popen([str(BIN / "tunerd"), "serve", "--model", args.model, "--input-size",
@@ -112,6 +158,8 @@ def main(argv=None) -> int:
             print(f"[bench_serve] round {r + 1}/{args.rounds}: served ...", file=sys.stderr, flush=True)
             b = served(args, config, spec, sysfs, tmp)
             rows.append({"inprocess": a, "served": b})
+        print("[bench_serve] bare ZeroMQ round trip ...", file=sys.stderr, flush=True)
+        transport = transport_rtt(tmp, model.input_shape, model.output_shape)
     med = lambda side, key: statistics.median(r[side][key] for r in rows)  # noqa: E731
     result = {"model": args.model, "input_size": args.input_size, "platform": spec, "config": config,
               "rounds": rows,
@@ -119,7 +167,9 @@ def main(argv=None) -> int:
               "fps_ratio": med("served", "fps") / med("inprocess", "fps"),
               "inprocess_latency_ms_p50": med("inprocess", "latency_ms_p50"),
               "served_latency_ms_p50": med("served", "latency_ms_p50"),
-              "added_latency_ms": med("served", "latency_ms_p50") - med("inprocess", "latency_ms_p50")}
+              "added_latency_ms": med("served", "latency_ms_p50") - med("inprocess", "latency_ms_p50"),
+              "client_and_sockets_ms": med("served", "latency_ms_p50") - med("served", "server_latency_ms_p50"),
+              "zmq_rtt_ms_p50": transport["rtt_ms_p50"], "zmq_rtt_ms_p10": transport["rtt_ms_p10"]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -129,6 +179,9 @@ def main(argv=None) -> int:
               f"-> ratio {result['fps_ratio']:.3f}")
         print(f"  latency p50 (one frame at a time): in-process {result['inprocess_latency_ms_p50']:.2f} ms, "
               f"served {result['served_latency_ms_p50']:.2f} ms -> added {result['added_latency_ms']:.2f} ms")
+        print(f"  of which client and sockets {result['client_and_sockets_ms']:.2f} ms; a bare ZeroMQ ipc round "
+              f"trip with these message sizes: p50 {result['zmq_rtt_ms_p50']:.2f} ms, "
+              f"p10 {result['zmq_rtt_ms_p10']:.2f} ms")
     return 0
 
 
