@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tunerd.boards import load_board  # noqa: E402
 from tunerd.hints import predict_for_board  # noqa: E402
-from tunerd.simulator import SimulatedBoard, kernel_parallel_ms  # noqa: E402
-from tunerd.throughput import transfer_ms  # noqa: E402
+from tunerd.simulator import SimulatedBoard  # noqa: E402
 
 MODELS = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
 PIPE_IT_GAIN = 0.39   # Pipe-it (seeds 000/001): +39% on average over the highest antecedent throughput
@@ -51,10 +50,9 @@ def measure(board: dict, name: str, seeds: int) -> dict:
     per_seed = []
     for seed in range(seeds):
         sim = SimulatedBoard(board, table, seed=seed)
-        kp_ms = kernel_parallel_ms(sim.true_table, sim.current_clusters(), interconnect_gbs=sim.interconnect_gbs,
-                                   sync_us=float(board.get("cross_cluster_sync_us", 0.0)))
-        exchange = (len(board["clusters"]) - 1) * float(transfer_ms(sim.true_table.out_bytes[:-1],
-                                                                    sim.interconnect_gbs).sum())
+        kp = sim.kernel_parallel_parts()
+        kp_ms = sum(kp.values())
+        exchange = float(kp["exchange"].sum())
         opt, norep = sim.optimum(), sim.optimum(replicas=False)
         row = {"optimum": sim.true_fps(opt.config), "no_replicas": sim.true_fps(norep.config),
                "big": sim.single_cluster_fps(big),

@@ -36,7 +36,7 @@ from .throughput import PipelineModel, UnitCostTable, transfer_ms
 from .tuner import Tuner
 
 __all__ = ["SimulatedBoard", "run_simulation", "drive", "synthetic_table", "contention_prior", "contention_alphas",
-           "kernel_parallel_ms", "kernel_parallel_fps", "DEFAULT_CONTENTION", "DEFAULT_CONTENTION_PRIOR"]
+           "kernel_parallel_ms", "kernel_parallel_parts", "kernel_parallel_fps", "DEFAULT_CONTENTION", "DEFAULT_CONTENTION_PRIOR"]
 
 # Slowdown per extra worker on the board's best-connected cluster; a cluster with less memory
 # bandwidth suffers in proportion (capped at 4x): relative, so it does not depend on what the
@@ -84,7 +84,15 @@ def synthetic_table(board: Mapping, n_units: int, *, seed: int = 0) -> UnitCostT
 
 def kernel_parallel_ms(table: UnitCostTable, clusters: Sequence[Any], *, interconnect_gbs: float | None = None,
                        sync_us: float = 0.0) -> np.ndarray:
-    """Per-unit ms of the **all-cores kernel-parallel** antecedent: one stage on every core of
+    """Per-unit ms of the **all-cores kernel-parallel** antecedent (the sum of
+    :func:`kernel_parallel_parts`)."""
+    return sum(kernel_parallel_parts(table, clusters, interconnect_gbs=interconnect_gbs, sync_us=sync_us).values())
+
+
+def kernel_parallel_parts(table: UnitCostTable, clusters: Sequence[Any], *, interconnect_gbs: float | None = None,
+                          sync_us: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-unit ms of the **all-cores kernel-parallel** antecedent, by part (``compute``,
+    ``exchange``, ``barrier``): one stage on every core of
     every cluster, one frame at a time, each layer's work split evenly over all N threads (a
     static split, as ARM-CL's scheduler does: every thread gets the same share whatever its core).
 
@@ -108,12 +116,13 @@ def kernel_parallel_ms(table: UnitCostTable, clusters: Sequence[Any], *, interco
     total = sum(c.cores for c in specs)
     compute = np.max([(c.cores / total) * table.ms(c.core_type, c.cores) / c.speed for c in specs], axis=0)
     if len(specs) == 1:
-        return compute
+        zero = np.zeros(table.n_units)
+        return {"compute": compute, "exchange": zero, "barrier": zero}
     exchange = (len(specs) - 1) * np.asarray(transfer_ms(table.out_bytes, interconnect_gbs), dtype=float)
     exchange[-1] = 0.0
     barrier = np.full(table.n_units, float(sync_us) / 1000.0)
     barrier[-1] = 0.0
-    return compute + exchange + barrier
+    return {"compute": compute, "exchange": exchange, "barrier": barrier}
 
 
 def kernel_parallel_fps(table: UnitCostTable, clusters: Sequence[Any], *, interconnect_gbs: float | None = None,
@@ -210,11 +219,16 @@ class SimulatedBoard:
             raise ConfigError(f"unknown cluster {cluster!r} (clusters: {', '.join(self.speeds)})")
         return self.true_fps(PipelineConfig((Stage(0, self.true_table.n_units - 1, c.name, c.cores),)))
 
+    def kernel_parallel_parts(self) -> dict[str, np.ndarray]:
+        """True per-unit ms of the all-cores kernel-parallel antecedent by part
+        (:func:`kernel_parallel_parts`) at the current speeds, with the board's interconnect and
+        its ``cross_cluster_sync_us`` if any."""
+        return kernel_parallel_parts(self.true_table, self.current_clusters(), interconnect_gbs=self.interconnect_gbs,
+                                     sync_us=float(self.board.get("cross_cluster_sync_us", 0.0)))
+
     def kernel_parallel_fps(self) -> float:
-        """True fps of the all-cores kernel-parallel antecedent (:func:`kernel_parallel_ms`) at the
-        current speeds, with the board's interconnect and its ``cross_cluster_sync_us`` if any."""
-        return kernel_parallel_fps(self.true_table, self.current_clusters(), interconnect_gbs=self.interconnect_gbs,
-                                   sync_us=float(self.board.get("cross_cluster_sync_us", 0.0)))
+        """True fps of the all-cores kernel-parallel antecedent (see :meth:`kernel_parallel_parts`)."""
+        return 1000.0 / float(sum(self.kernel_parallel_parts().values()).sum())
 
 
 @dataclass
