@@ -613,12 +613,12 @@ class Tuner:
     def _seed(self) -> None:
         p = self.params
         if p["use_hints"]:
-            seeds = self._dse(p["dse_top_k"]) + self._balanced_seeds()
-            seeds += [self.space.random_genome(self.rng) for _ in range(p["random_seeds"])]
-            self.population = self._dedupe(seeds)
+            hinted = self._dedupe(self._dse(p["dse_top_k"]) + self._balanced_seeds())
+            randoms = [self.space.random_genome(self.rng) for _ in range(p["random_seeds"])]
+            self.population = self._dedupe(hinted + randoms)
             # the first live evaluation: of the DSE's best configs on the predictions, the one
             # expected to do best once the predictions' errors are accounted for
-            first = self._robust_choice(self._dedupe(self._dse(p["dse_top_k"]) + self._balanced_seeds()))
+            first = self._robust_choice(hinted)
             self.queue = self._why([self.space.key(first)], "hints")
         else:
             pop = []
@@ -852,9 +852,10 @@ class Tuner:
             return []
         model = self.surrogate()
         floor = p["confirm_floor"] * model.fps(parse_config(best))
-        dse = [self.space.key(g) for g in self._dse(max(p["dse_top_k"], k))]
+        dse_best = self._dse(max(p["dse_top_k"], k))
+        dse = [self.space.key(g) for g in dse_best]
         rated = {}
-        for g in self._dse(max(p["dse_top_k"], k)) + self.population + self.pending:
+        for g in dse_best + self.population + self.pending:
             rated.setdefault(self.space.key(g), model.fps(self.space.to_config(g)))
         top = sorted(rated, key=lambda key: -rated[key])[:k]
         wanted = dict.fromkeys(top + dse[:k])
