@@ -12,7 +12,7 @@ classes below 0.8 take: that is where a kernel change pays.
 ``--floor`` adds, per class, the time our kernels' approach could not go below on this machine,
 and from it the network's ceiling ratio (ort / sum of floors). The floor is deliberately
 generous to us: only the arithmetic our kernels cannot avoid is timed, in isolation, with hot
-operands, and everything else (im2col copies, Winograd transforms, padding, bias and activation
+operands, the fastest of 15 calls, and everything else (im2col copies, Winograd transforms, padding, bias and activation
 passes, pooling, concat, elementwise ops) counts as free:
 - a dense or grouped conv: the bare ``np.matmul`` (OpenBLAS sgemm) of its im2col GEMM, or the 16
   batched GEMMs of Winograd F(2x2, 3x3) for a 3x3 stride-1 conv if those are faster;
@@ -117,14 +117,20 @@ def ort_classes(events, frames) -> dict:
     return out
 
 
-def _median_seconds(fn, reps: int) -> float:
+def _best_seconds(fn, reps: int) -> float:
+    """The fastest of ``reps`` timed calls: a floor is what a call cannot go below, and on a shared
+    machine noise only ever adds time (a median let one busy moment inflate a floor, and every
+    layer of that shape with it)."""
     fn()
-    ts = []
+    best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+FLOOR_REPS = 15
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,18 +150,18 @@ def conv_floor(m, cg, kh, kw, group, ho, wo, stride, reps) -> float:
             for _ in range(kh * kw - 1):
                 np.multiply(src, w, out=tmp)
                 np.add(out, tmp, out=out)
-        return _median_seconds(depthwise, reps)
+        return _best_seconds(depthwise, reps)
     mg, k = m // group, cg * kh * kw
     a = rng.standard_normal((group, mg, k), dtype=np.float32)
     b = rng.standard_normal((group, k, npix), dtype=np.float32)
     c = np.empty((group, mg, npix), np.float32)
-    best = _median_seconds(lambda: np.matmul(a, b, out=c), reps)
+    best = _best_seconds(lambda: np.matmul(a, b, out=c), reps)
     if (kh, kw) == (3, 3) and stride == 1 and group == 1:
         tiles = -(-ho // 2) * -(-wo // 2)
         u = rng.standard_normal((16, m, cg), dtype=np.float32)
         v = rng.standard_normal((16, cg, tiles), dtype=np.float32)
         p = np.empty((16, m, tiles), np.float32)
-        best = min(best, _median_seconds(lambda: np.matmul(u, v, out=p), reps))
+        best = min(best, _best_seconds(lambda: np.matmul(u, v, out=p), reps))
     return best
 
 
@@ -205,7 +211,7 @@ def run(name: str, frames: int, tmp: Path, floor: bool = False) -> dict:
     if floor:
         by_name = {n.name: n for n in model.graph.nodes}
         with threadpool_limits(limits=1):
-            floor_times = [node_floor(by_name[n], model.graph, model.shapes, max(5, frames))
+            floor_times = [node_floor(by_name[n], model.graph, model.shapes, max(FLOOR_REPS, frames))
                            for n in plan.node_names]
         for key, t in our_classes(model, plan, [[t] for t in floor_times]).items():
             floors[key] = t[0]
