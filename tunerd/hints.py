@@ -32,6 +32,7 @@ import numpy as np
 from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_table
 from .errors import ConfigError, HintsError
 from .files import atomic_write_text, load_json
+from .throughput import UnitCostTable, cores_column
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,7 @@ class Hints:
 
     def ms(self, core_type: str, cores: int) -> np.ndarray:
         """Per-unit predicted ms on ``cores`` cores of ``core_type``."""
-        try:
-            arr = self.predicted_ms[core_type]
-        except KeyError:
-            raise HintsError(f"hints have no core type {core_type!r} (have {', '.join(self.predicted_ms)})") from None
-        if not 1 <= cores <= arr.shape[1]:
-            raise HintsError(f"hints cover 1-{arr.shape[1]} cores of {core_type!r}, not {cores}")
-        return arr[:, cores - 1]
+        return cores_column(self.predicted_ms, core_type, cores, HintsError, "the hints")
 
     def fps(self, core_type: str, cores: int) -> float:
         """Whole model on one core set: 1000 / sum of unit ms."""
@@ -106,7 +101,6 @@ class Hints:
 
     def to_table(self):
         """The ``tunerd.throughput.UnitCostTable`` the DSE, tuner and simulator use."""
-        from .throughput import UnitCostTable
         return UnitCostTable({t: ms.copy() for t, ms in self.predicted_ms.items()}, self.out_bytes)
 
     # ------------------------------------------------------------------ JSON

@@ -24,6 +24,19 @@ from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
 __all__ = ["UnitCostTable", "PipelineModel", "pipeline_fps", "table_from_flops", "transfer_ms"]
 
 
+def cores_column(predicted_ms: Mapping[str, np.ndarray], core_type: str, cores: int,
+                 error: type[Exception], source: str) -> np.ndarray:
+    """Column ``cores - 1`` of ``predicted_ms[core_type]`` (units x core counts), a view; ``error``
+    names ``source`` when that core type or count is not covered."""
+    try:
+        arr = predicted_ms[core_type]
+    except KeyError:
+        raise error(f"{source} has no core type {core_type!r} (have {', '.join(predicted_ms)})") from None
+    if not 1 <= cores <= arr.shape[1]:
+        raise error(f"{source} covers 1-{arr.shape[1]} cores of {core_type!r}, not {cores}")
+    return arr[:, cores - 1]
+
+
 @dataclass
 class UnitCostTable:
     """Per-unit costs: ``predicted_ms[core_type][u, k]`` = ms of unit u on k+1 cores of that type,
@@ -65,13 +78,7 @@ class UnitCostTable:
 
     def ms(self, core_type: str, cores: int) -> np.ndarray:
         """Per-unit ms on ``cores`` cores of ``core_type`` (a view)."""
-        try:
-            arr = self.predicted_ms[core_type]
-        except KeyError:
-            raise ConfigError(f"no costs for core type {core_type!r} (have {', '.join(self.predicted_ms)})") from None
-        if not 1 <= cores <= arr.shape[1]:
-            raise ConfigError(f"no costs for {cores} cores of {core_type!r} (table has 1-{arr.shape[1]})")
-        return arr[:, cores - 1]
+        return cores_column(self.predicted_ms, core_type, cores, ConfigError, "the unit cost table")
 
     def scaled(self, factors: Mapping[str, float]) -> "UnitCostTable":
         """A copy with each core type's times multiplied by ``factors.get(core_type, 1)``."""
