@@ -12,8 +12,8 @@ classes below 0.8 take: that is where a kernel change pays.
 ``--floor`` adds, per class, the time our kernels' approach could not go below on this machine,
 and from it the network's ceiling ratio (ort / sum of floors). The floor is deliberately
 generous to us: only the arithmetic our kernels cannot avoid is timed, in isolation, with hot
-operands, the fastest of 15 calls, and everything else (im2col copies, Winograd transforms, padding, bias and activation
-passes, pooling, concat, elementwise ops) counts as free:
+operands, the fastest of 15 calls, and everything else (im2col copies, Winograd transforms,
+padding, bias and activation passes, pooling, concat, elementwise ops) counts as free:
 - a dense or grouped conv: the bare ``np.matmul`` (OpenBLAS sgemm) of its im2col GEMM, or the 16
   batched GEMMs of Winograd F(2x2, 3x3) for a 3x3 stride-1 conv if those are faster;
 - a depthwise conv: the kh*kw multiply and kh*kw - 1 add passes over the output that a numpy

@@ -99,7 +99,7 @@ class Hints:
         """Whole model on one core set: 1000 / sum of unit ms."""
         return 1000.0 / float(self.ms(core_type, cores).sum())
 
-    def to_table(self):
+    def to_table(self) -> UnitCostTable:
         """The ``tunerd.throughput.UnitCostTable`` the DSE, tuner and simulator use."""
         return UnitCostTable({t: ms.copy() for t, ms in self.predicted_ms.items()}, self.out_bytes)
 
