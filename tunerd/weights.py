@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .files import temp_path
 
 MAGIC = b"TUNERDW1"
 ALIGN = 64
@@ -33,7 +34,7 @@ def write_weights(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> No
     header = json.dumps(entries).encode()
     data_start = _aligned(len(MAGIC) + 8 + len(header))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(header)) + header)
         for name in sorted(weights):
