@@ -82,6 +82,22 @@ def test_thermal_trip_crossing(fake_sysfs):
     assert "below" in mon.sample()[0].detail
 
 
+def test_an_unreadable_temperature_is_no_change(fake_sysfs):
+    root = fake_sysfs("hikey970")
+    zone = root / "class" / "thermal" / "thermal_zone0"
+    (zone / "temp").write_text("80000\n")         # above its trip points from the start
+    platform = resolve_platform("auto", sysfs_root=root)
+    clock = FakeClock()
+    mon = Monitor(platform, root, MonitorConfig(debounce_s=1.0), clock=clock)
+    (zone / "temp").unlink()                       # a sleeping sensor: no reading
+    for _ in range(3):
+        clock.now += 1.0
+        assert mon.sample() == []
+    (zone / "temp").write_text("80000\n")
+    clock.now += 5.0
+    assert mon.sample() == []                      # back at the level it had: still no event
+
+
 def test_throughput_drift(emulated):
     mon, _, clock = emulated
     mon.set_converged(100.0)

@@ -136,9 +136,14 @@ class Monitor:
                 events.append(Event(CPUFREQ, c.name, f"sustained frequency {old_cur} -> {cur} kHz", now))
                 self._freq[c.name] = (cur, cap)
         for zone in self._zones():
-            level = self._level(zone.temp_mc, zone)
             old = self._zone_level.get(zone.name, 0)
-            if level < old and zone.temp_mc is not None:
+            if zone.temp_mc is None:
+                # NOTE: a sensor that cannot be read now (EAGAIN/ENODATA while it sleeps) has not
+                # changed: keep its level, drop what was pending
+                self._pending.pop((zone.name, "trip"), None)
+                continue
+            level = self._level(zone.temp_mc, zone)
+            if level < old:
                 # cooling must pass the trip by the hysteresis before it counts
                 trip = sorted(t.temp_mc for t in zone.trips)[old - 1]
                 if zone.temp_mc > trip - self.config.thermal_hysteresis_mc:
