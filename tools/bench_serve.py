@@ -10,7 +10,9 @@ generator follows the daemon there for the throughput runs (loadgen --colocate).
 
 Throughput with the pipeline kept full (loadgen: several clients, several frames in flight each),
 and latency with one frame at a time (so it is the serving path's own latency, not queueing). Runs
-alternate in-process / served for ``--rounds`` rounds; medians and ratios are reported. Emulated
+alternate in-process / served for ``--rounds`` rounds; medians and ratios are reported, and the CPU
+time the daemon's own process spends per frame served (all its threads; the stage workers apart): a
+figure the machine's load hardly moves, unlike fps and latency. Emulated
 platform of this machine (big = first half of the CPUs at full speed, little = the rest at 0.5).
 
     python tools/bench_serve.py [--model zoo:squeezenet] [--input-size 224] [--pipeline CONFIG]
@@ -52,7 +54,7 @@ def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_fr
                 pass
             if i >= 3:
                 lat.append(1000 * (time.perf_counter() - t0))
-    return {"fps": full["fps"], "latency_ms_p50": float(np.median(lat))}
+    return {"fps": full["fps"], "latency_ms_p50": float(np.median(lat)), "main_cpu_ms_per_frame": full["main_ms_per_frame"]}
 
 
 def _echo(address: str, reply_bytes: int) -> None:
@@ -101,6 +103,14 @@ def transport_rtt(tmp: Path, request_shape, reply_shape, count: int = 300) -> di
     return {"rtt_ms_p50": float(np.median(times)), "rtt_ms_p10": float(np.percentile(times, 10))}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of the daemon's own process, not its stage workers:
+    what serving costs besides the compute, a figure the machine's load hardly moves."""
+    import psutil
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def served(args, config: str, spec: str, sysfs: str, tmp: Path) -> dict:
     frames, control = f"ipc://{tmp}/frames.sock", f"ipc://{tmp}/control.sock"
     daemon = subprocess.Popen([str(BIN / "tunerd"), "serve", "--model", args.model, "--input-size",
@@ -119,10 +129,12 @@ def served(args, config: str, spec: str, sysfs: str, tmp: Path) -> dict:
         # bottleneck's cores), the arrangement of the in-process side, whose one process makes and
         # feeds frames. Not for latency: one frame at a time leaves cores idle, and sharing one
         # core with the daemon and a stage only adds context switches to every round trip.
+        cpu0 = _cpu_seconds(daemon.pid)
         full = loadgen("-c", str(args.clients), "-k", "4", "-d", str(args.seconds), "--colocate")
+        daemon_ms = 1000 * (_cpu_seconds(daemon.pid) - cpu0) / full["frames_ok"] if full["frames_ok"] else None
         one = loadgen("-c", "1", "-k", "1", "-n", str(args.latency_frames))
         return {"fps": full["fps"], "latency_ms_p50": one["latency_ms"]["p50"],
-                "server_latency_ms_p50": one["server_latency_ms"]["p50"]}
+                "server_latency_ms_p50": one["server_latency_ms"]["p50"], "daemon_cpu_ms_per_frame": daemon_ms}
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
@@ -169,7 +181,9 @@ def main(argv=None) -> int:
               "served_latency_ms_p50": med("served", "latency_ms_p50"),
               "added_latency_ms": med("served", "latency_ms_p50") - med("inprocess", "latency_ms_p50"),
               "client_and_sockets_ms": med("served", "latency_ms_p50") - med("served", "server_latency_ms_p50"),
-              "zmq_rtt_ms_p50": transport["rtt_ms_p50"], "zmq_rtt_ms_p10": transport["rtt_ms_p10"]}
+              "zmq_rtt_ms_p50": transport["rtt_ms_p50"], "zmq_rtt_ms_p10": transport["rtt_ms_p10"],
+              "inprocess_main_cpu_ms_per_frame": med("inprocess", "main_cpu_ms_per_frame"),
+              "daemon_cpu_ms_per_frame": med("served", "daemon_cpu_ms_per_frame")}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -182,6 +196,9 @@ def main(argv=None) -> int:
         print(f"  of which client and sockets {result['client_and_sockets_ms']:.2f} ms; a bare ZeroMQ ipc round "
               f"trip with these message sizes: p50 {result['zmq_rtt_ms_p50']:.2f} ms, "
               f"p10 {result['zmq_rtt_ms_p10']:.2f} ms")
+        print(f"  CPU a frame costs the feeding side: in-process {result['inprocess_main_cpu_ms_per_frame']:.2f} ms "
+              f"(the Pipeline's copies, messages and books), daemon {result['daemon_cpu_ms_per_frame']:.2f} ms "
+              f"(its whole process: sockets, protocol, poll loop, pipeline, tuner)")
     return 0
 
 
