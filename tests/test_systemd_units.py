@@ -66,6 +66,10 @@ def test_unit_has_the_required_keys(name):
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
     exec_start = last(unit, "ExecStart").split()
     assert exec_start[0] == "/usr/local/bin/tunerd" and exec_start[1] == "serve"
+    # the model and calibration cache must be writable under ProtectSystem=strict: systemd's own
+    # cache directory, named to tunerd through TUNERD_CACHE_DIR
+    assert last(unit, "CacheDirectory") == "tunerd"
+    assert "TUNERD_CACHE_DIR=%C/tunerd" in service["Environment"]
 
 
 def test_single_and_template_paths():
