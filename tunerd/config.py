@@ -94,8 +94,11 @@ def load_config(path: str | None, overrides: dict | None = None, *, required: bo
                         raise ConfigError(f"{p}: unknown key {key!r} in [{section}] "
                                           f"(known: {', '.join(SECTIONS[section])})")
                     value = _check_type(key, value)
-                    # NOTE: TOML has no null: 0 / "" stand for "not set" (the model's own size, no CURVE)
-                    if (key == "input_size" and value == 0) or (value == "" and key != "frames"):
+                    # NOTE: TOML has no null: 0 / "" stand for "not set" (the model's own size, no
+                    # pin, no CURVE) where a key may be unset; elsewhere "" is a mistake
+                    if value == "" and "None" not in _TYPES[key]:
+                        raise ConfigError(f"{p}: {key} in [{section}] must not be empty")
+                    if (key == "input_size" and value == 0) or value == "":
                         value = None
                     setattr(cfg, key, value)
         elif required:
@@ -121,6 +124,8 @@ def validate(cfg: DaemonConfig) -> None:
         raise ConfigError(f"poll_interval_s must be > 0, got {cfg.poll_interval_s}")
     if cfg.input_size is not None and cfg.input_size < 8:
         raise ConfigError(f"input_size must be >= 8, got {cfg.input_size}")
+    if cfg.frames == cfg.control:
+        raise ConfigError(f"frames and control must be two addresses, both are {cfg.frames!r}")
     for key in ("frames", "control"):
         addr = getattr(cfg, key)
         if not addr.startswith(("ipc://", "tcp://", "inproc://")):
