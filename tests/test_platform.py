@@ -221,6 +221,8 @@ def test_offline_cpus(fake_sysfs):
     assert summary(tx2) == [("big", "A57", (0, 3, 4, 5), None, 345600, 2035200)]
     hikey = discover(fake_sysfs("hikey970", online=[0, 1, 2, 3, 4, 6, 7]))
     assert hikey.cluster("big").cpus == (4, 6, 7)
+    with pytest.raises(ConfigError, match="CPUs 8-9 are not on fake board 'hikey970'"):
+        fake_sysfs("hikey970", online=range(10))
 
 
 def test_online_from_cpu_directories(fake_sysfs):

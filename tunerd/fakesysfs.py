@@ -98,6 +98,10 @@ def make_tree(board: str | FakeBoard, root: str | os.PathLike, *, online=None) -
     sys_root = Path(root) / "sys"
     cpu_dir = sys_root / CPU_DIR
     online = board.cpus if online is None else sorted(set(online))
+    unknown = sorted(set(online) - set(board.cpus))
+    if unknown:
+        raise ConfigError(f"CPUs {format_cpu_list(unknown)} are not on fake board {board.name!r} "
+                          f"(it has {format_cpu_list(board.cpus)})")
     for name in ("possible", "present"):
         write(cpu_dir / name, format_cpu_list(board.cpus))
     write(cpu_dir / "online", format_cpu_list(online))
