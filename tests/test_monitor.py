@@ -82,6 +82,21 @@ def test_thermal_trip_crossing(fake_sysfs):
     assert "below" in mon.sample()[0].detail
 
 
+def test_a_cluster_whose_first_cpu_is_offline_is_watched_through_its_policy(fake_sysfs):
+    # hotplug keeps policy4 (named when CPU 4 came up) for the big cluster, now CPUs 5-7
+    root = fake_sysfs("hikey970", online=[0, 1, 2, 3, 5, 6, 7])
+    platform = resolve_platform("auto", sysfs_root=root)
+    big = platform.cluster("big")
+    assert big.cpus == (5, 6, 7) and big.policy.endswith("policy4")
+    clock = FakeClock()
+    mon = Monitor(platform, root, MonitorConfig(debounce_s=1.0), clock=clock)
+    set_emulated_freq(root, 4, 1_000_000)
+    mon.sample()
+    clock.now += 1.5
+    assert [(e.kind, e.source) for e in mon.sample()] == [(CPUFREQ, "big")]
+    assert "big=1000000" in mon.freq_state()
+
+
 def test_an_unreadable_temperature_is_no_change(fake_sysfs):
     root = fake_sysfs("hikey970")
     zone = root / "class" / "thermal" / "thermal_zone0"

@@ -433,10 +433,11 @@ def test_cli_json(tunerd_main, fake_sysfs, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["source"] == "auto"
     assert [set(c) for c in data["clusters"]] == [{"name", "core_type", "cpus", "capacity", "min_khz",
-                                                  "cur_khz", "max_khz", "speed"}] * 2
+                                                  "cur_khz", "max_khz", "speed", "policy"}] * 2
     assert data["clusters"][1] == {"name": "big", "core_type": "Denver2", "cpus": [1, 2],
                                    "capacity": None, "min_khz": 345600, "cur_khz": 2035200,
-                                   "max_khz": 2035200, "speed": 1.0}
+                                   "max_khz": 2035200, "speed": 1.0,
+                                   "policy": "devices/system/cpu/cpufreq/policy1"}
     assert {"name", "type", "temp_c"} <= set(data["thermal"][0]) and data["thermal"][0]["temp_c"] == 41.5
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .platform import Cluster, Platform, effective_speed, read_thermal_zones
-from .sysfs import CPUFREQ_DIR, THERMAL_DIR, SysfsReader, read_positive_int
+from .sysfs import THERMAL_DIR, SysfsReader, read_positive_int
 
 CPUFREQ = "cpufreq"
 THERMAL = "thermal"
@@ -66,9 +66,8 @@ class Monitor:
 
     # ------------------------------------------------------------------ reads
     def _read_freq(self, cluster: Cluster) -> tuple[int | None, int | None]:
-        policy = os.path.join(self.sysfs_root, CPUFREQ_DIR, f"policy{cluster.cpus[0]}")
-        return (read_positive_int(os.path.join(policy, "scaling_cur_freq")),
-                read_positive_int(os.path.join(policy, "scaling_max_freq")))
+        return (read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_cur_freq")),
+                read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_max_freq")))
 
     def _zones(self):
         return read_thermal_zones(self._fs) if self._fs.exists(THERMAL_DIR) else ()

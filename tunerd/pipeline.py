@@ -52,7 +52,6 @@ from .model import check_frame
 from .pipeconfig import PipelineConfig, assign_cpus, host_cpus, parse_config, validate
 from .platform import Platform, resolve_platform
 from .shm import Ring, slot_size
-from .sysfs import CPUFREQ_DIR
 
 log = logging.getLogger(__name__)
 clock = time.perf_counter   # the workers' clock too (CLOCK_MONOTONIC)
@@ -563,9 +562,7 @@ class Pipeline:
                 "in_ring": ep.rings[i].ring_id, "out_ring": ep.rings[i + 1].ring_id,
                 "in_shape": self._shapes[stage.first], "out_shape": self._shapes[stage.last + 1],
                 "cluster": cluster, "emulated": self._emulated, "profile_every": self.profile_every,
-                "freq_path": (None if self._emulated else
-                              os.path.join(self.sysfs_root, CPUFREQ_DIR, f"policy{cluster.cpus[0]}",
-                                           "scaling_cur_freq")),
+                "freq_path": None if self._emulated else cluster.policy_path(self.sysfs_root, "scaling_cur_freq"),
                 "new_rings": [(r.ring_id, r.n_slots, r.slot_bytes) for r in new_rings],
                 "prev_links": len(prev), "next_links": len(nxt)}
         ep.pending.add(w.wid)

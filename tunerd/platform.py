@@ -35,6 +35,7 @@ class Cluster:
     ``capacity`` is the kernel's cpu_capacity (1024 = the fastest CPU of the system); ``max_khz`` and
     ``min_khz`` the hardware limits (cpuinfo_max_freq/cpuinfo_min_freq), ``cur_khz`` the frequency
     when read. ``speed`` is the nominal speed factor of an emulated cluster, 1.0 for real ones.
+    ``policy`` is its cpufreq policy directory relative to the sysfs root, as discovery found it.
     """
     name: str
     core_type: str
@@ -44,15 +45,26 @@ class Cluster:
     min_khz: int | None = None
     cur_khz: int | None = None
     speed: float = 1.0
+    policy: str | None = None
 
     @property
     def cores(self) -> int:
         return len(self.cpus)
 
+    def policy_path(self, sysfs_root: str | os.PathLike, name: str) -> str:
+        """Path of the file ``name`` of this cluster's cpufreq policy under ``sysfs_root``.
+
+        NOTE: the policy is not always ``policy<first CPU>``: its first CPU may be offline (the
+        policy keeps the number it was created with) and old kernels only have ``cpuN/cpufreq``.
+        Without a known policy (simulated boards, hand-built clusters) that name is the guess.
+        """
+        rel = self.policy or f"{CPUFREQ_DIR}/policy{self.cpus[0]}"
+        return os.path.join(sysfs_root, rel, name)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "core_type": self.core_type, "cpus": list(self.cpus),
                 "capacity": self.capacity, "min_khz": self.min_khz, "cur_khz": self.cur_khz,
-                "max_khz": self.max_khz, "speed": self.speed}
+                "max_khz": self.max_khz, "speed": self.speed, "policy": self.policy}
 
 
 @dataclass(frozen=True)
@@ -274,7 +286,7 @@ def _measure(fs: SysfsReader, domain: _Domain, core_types: dict[int, str],
         cur_khz = fs.read_int(f"{domain.policy}/scaling_cur_freq")
     return Cluster(name="", core_type="+".join(types), cpus=tuple(domain.cpus),
                    capacity=max(caps) if caps else None,
-                   max_khz=max_khz, min_khz=min_khz, cur_khz=cur_khz)
+                   max_khz=max_khz, min_khz=min_khz, cur_khz=cur_khz, policy=domain.policy)
 
 
 def _merge_indistinguishable(clusters: list[Cluster]) -> list[Cluster]:
@@ -444,26 +456,25 @@ def emulated_platform(spec: PlatformSpec, *, sysfs_root: str | os.PathLike = "/s
         clusters.append(Cluster(c.name, f"emu@{c.speed:g}", c.cpus, capacity=round(1024 * c.speed),
                                 max_khz=fs.read_int(f"{policy}/cpuinfo_max_freq"),
                                 min_khz=fs.read_int(f"{policy}/cpuinfo_min_freq"),
-                                cur_khz=fs.read_int(f"{policy}/scaling_cur_freq"), speed=c.speed))
+                                cur_khz=fs.read_int(f"{policy}/scaling_cur_freq"), speed=c.speed,
+                                policy=policy))
     return Platform(tuple(clusters), "emulate", read_thermal_zones(fs), spec=spec.text)
 
 
 def effective_speed(cluster: Cluster, sysfs_root: str | os.PathLike = "/sys") -> float:
     """SPEED × min(scaling_cur_freq, scaling_max_freq) / cpuinfo_max_freq of the cluster's policy.
 
-    Read from ``SYSFS_ROOT/devices/system/cpu/cpufreq/policyN`` (N = the cluster's first CPU); the
-    hardware maximum is ``cluster.max_khz`` when known, so a call is two small reads. Without those
-    files (or with junk in them) it is the nominal ``cluster.speed``: this runs once per frame and
-    never raises. Workers stretch compute by 1/effective_speed on emulated platforms only; a real
-    core slows down by itself. (A real cluster whose first CPU is offline has no policy of that
-    number, so it reads as nominal.)
+    Read from the cluster's policy under ``sysfs_root`` (``Cluster.policy_path``); the hardware
+    maximum is ``cluster.max_khz`` when known, so a call is two small reads. Without those files (or
+    with junk in them) it is the nominal ``cluster.speed``: this runs once per frame and never
+    raises. Workers stretch compute by 1/effective_speed on emulated platforms only; a real core
+    slows down by itself.
     """
-    policy = os.path.join(sysfs_root, CPUFREQ_DIR, f"policy{cluster.cpus[0]}")
-    hw_max = cluster.max_khz or read_positive_int(os.path.join(policy, "cpuinfo_max_freq"))
+    hw_max = cluster.max_khz or read_positive_int(cluster.policy_path(sysfs_root, "cpuinfo_max_freq"))
     if not hw_max:
         return cluster.speed
-    known = [f for f in (read_positive_int(os.path.join(policy, "scaling_cur_freq")),
-                         read_positive_int(os.path.join(policy, "scaling_max_freq"))) if f]
+    known = [f for f in (read_positive_int(cluster.policy_path(sysfs_root, "scaling_cur_freq")),
+                         read_positive_int(cluster.policy_path(sysfs_root, "scaling_max_freq"))) if f]
     if not known:
         return cluster.speed
     return cluster.speed * min(1.0, min(known) / hw_max)
