@@ -12,8 +12,10 @@ from tunerd import calibrate as C
 from tunerd import costmodel as cm
 from tunerd.cli import main
 from tunerd.errors import ConfigError, HintsError
+from tunerd.fakesysfs import set_emulated_freq
 from tunerd.hints import load_hints, make_hints
 from tunerd.model import load_model
+from tunerd.platform import resolve_platform
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 
@@ -116,6 +118,29 @@ def test_quick_calibration_on_emulated_clusters(quick_emulated, capsys):
     assert h.ms("emu@0.5", 1).shape == h.ms("emu@1", 1).shape == (len(model.units),)
 
 
+def test_a_throttle_in_force_while_calibrating_is_not_filed_as_the_nominal_cost(fake_sysfs, monkeypatch):
+    """Costs are filed under the nominal core type emu@SPEED: a layer that takes 2 ms on a real
+    core costs 4 ms on a cluster of speed 0.5, whatever cap its emulated cpufreq has right now
+    (the daemon scales by the current speed itself)."""
+    spec = "emulate:big=0@1.0,little=1@0.5"
+    root = fake_sysfs(spec, max_khz=2_000_000)
+    set_emulated_freq(root, 1, 1_000_000)                      # little throttled to half its clock
+    platform = resolve_platform(spec, sysfs_root=root, available_cpus={0, 1})
+
+    class FakeChild:
+        def __init__(self, cpus, threads):
+            pass
+
+        def request(self, request):
+            return [{"ms": 2.0, "clean": 3}]
+
+        def close(self):
+            pass
+    monkeypatch.setattr(C, "Child", FakeChild)
+    samples = C.measure(platform, C.QUICK_SWEEP[:2], quick=True, progress=False, max_cores=1)
+    assert {(s.core_type, s.ms) for s in samples} == {("emu@1", 2.0), ("emu@0.5", 4.0)}
+
+
 def test_refit_reproduces_the_file(quick_emulated):
     cal = C.load_calibration(quick_emulated[1])
     again = C.refit(cal)
@@ -151,7 +176,6 @@ def test_cli_calibrate_json_to_default_place(tmp_path, monkeypatch, capsys):
 
 def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkeypatch):
     from tunerd import hints as H
-    from tunerd.platform import resolve_platform
     spec, path = quick_emulated
     platform = resolve_platform(spec)
     model = load_model("zoo:squeezenet", input_size=64, store=False)

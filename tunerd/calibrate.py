@@ -6,7 +6,9 @@ affinity and the BLAS/OpenMP thread counts *before* numpy is imported (so BLAS s
 on the right cores) and threadpoolctl caps them again. The layers are tiny graphs built with
 :class:`tunerd.builder.GraphBuilder` and run through the same load-time passes and
 :class:`tunerd.plan.ExecutionPlan` as real models. On an emulated cluster the measured times are
-multiplied by 1 / effective speed (what its workers do to frames).
+multiplied by 1 / its nominal speed (what its workers do to frames at full clock): the costs are
+nominal, like the core type ``emu@SPEED`` they are filed under; a throttle in force while calibrating
+is left out, since the daemon applies the current speed over the nominal one.
 
 The fit is robust least squares on relative error: on one core, times are linear in the per-kind
 overheads, inverse efficiencies and inverse bandwidth (non-negative least squares, reweighted with a
@@ -490,20 +492,18 @@ class Progress:
             self.stream.flush()
 
 
-def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False,
-            sysfs_root: str | os.PathLike = "/sys", progress: bool = True,
+def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False, progress: bool = True,
             max_cores: int | None = None) -> list[Sample]:
     """Time every layer of ``sweep`` on every cluster of ``platform`` at 1..cores cores.
 
     One child per (cluster, cores), all alive at once and taking turns layer by layer, so every
     configuration is measured under the same machine load.
     """
-    from .platform import effective_speed
     jobs = []
     for cluster in platform.clusters:
-        speed = effective_speed(cluster, sysfs_root) if platform.source == "emulate" else 1.0
+        speed = cluster.speed if platform.source == "emulate" else 1.0
         if not speed > 0:
-            raise PlatformError(f"cluster {cluster.name!r}: effective speed {speed!r} is not > 0")
+            raise PlatformError(f"cluster {cluster.name!r}: speed {speed!r} is not > 0")
         for n in range(1, min(cluster.cores, max_cores or cluster.cores) + 1):
             jobs.append((cluster, n, speed))
     bar = Progress(len(jobs) * len(sweep), enabled=progress)
@@ -761,7 +761,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
         raise ConfigError(f"platform {platform.spec!r} is a simulated board: its costs come from the "
                           f"board file; calibrate real or emulated cores")
     sweep = QUICK_SWEEP if quick else FULL_SWEEP
-    samples = measure(platform, sweep, quick=quick, sysfs_root=sysfs_root, progress=progress)
+    samples = measure(platform, sweep, quick=quick, progress=progress)
     # NOTE: the caches are the real machine's, whatever tree --sysfs-root points at
     llc = {c.core_type: llc_bytes(c.cpus[0]) for c in platform.clusters}
     coeffs, report = fit(samples, sweep, quick=quick, llc=llc)
