@@ -147,6 +147,9 @@ class Hints:
                 raise HintsError(f"{source}: {where}cores must be >= 1, got {cores}")
             clusters.append({"name": _field(c, "name", str, source, where),
                              "core_type": _field(c, "core_type", str, source, where), "cores": cores})
+        names = [c["name"] for c in clusters]
+        if len(set(names)) != len(names):
+            raise HintsError(f"{source}: clusters has a name twice ({', '.join(names)})")
         raw_units = _field(data, "units", list, source)
         if not raw_units:
             raise HintsError(f"{source}: 'units' is empty")
@@ -171,8 +174,11 @@ class Hints:
                 raise HintsError(f"{source}: {where}predicted_ms has core types {sorted(pm)}, "
                                  f"units[0] has {sorted(per_type)}")
             for t, row in pm.items():
-                if not isinstance(row, list) or not row:
-                    raise HintsError(f"{source}: {where}predicted_ms[{t!r}] must be a non-empty list of ms")
+                # NOTE: numpy would coerce "1.5" and true to numbers: only JSON numbers are ms
+                if (not isinstance(row, list) or not row
+                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
+                    raise HintsError(f"{source}: {where}predicted_ms[{t!r}] must be a non-empty list of ms "
+                                     f"(numbers), got {row!r:.60}")
                 per_type[t].append(row)
         predicted = {}
         for t, rows in per_type.items():
@@ -190,10 +196,14 @@ class Hints:
         producer = data.get("producer", {})
         if not isinstance(producer, Mapping):
             raise HintsError(f"{source}: 'producer' must be an object")
+        coefficients = data.get("coefficients") or {}
+        if not isinstance(coefficients, Mapping) or not all(isinstance(v, Mapping) for v in coefficients.values()):
+            raise HintsError(f"{source}: 'coefficients' must be an object of objects (per core type), "
+                             f"got {coefficients!r:.60}")
         try:
             return cls(name, mhash, tuple(shape), units, predicted, clusters, dict(producer),
                        None if ic is None else float(ic), str(model.get("source", "")),
-                       dict(data.get("coefficients") or {}), schema)
+                       dict(coefficients), schema)
         except HintsError as err:
             raise HintsError(f"{source}: {err}") from None
 
