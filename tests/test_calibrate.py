@@ -85,6 +85,13 @@ def test_calibration_file_errors(tmp_path):
         C.load_calibration(path)
     with pytest.raises(HintsError, match="not found"):
         C.load_calibration(tmp_path / "none.json")
+    coeffs = cm.cluster_coeffs({"name": "x", "core_type": "A", "cores": 1, "gflops_per_core": 1.0,
+                                "bandwidth_gbs": 1.0}).to_dict()
+    for key, junk in (("platform", "auto"), ("machine", 3), ("samples", {})):
+        path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x", "coefficients": {"A": coeffs},
+                                    key: junk}))
+        with pytest.raises(HintsError, match=f"'{key}' must be"):
+            C.load_calibration(path)
 
 
 @pytest.fixture(scope="module")

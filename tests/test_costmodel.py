@@ -147,6 +147,10 @@ def test_board_cluster_without_costmodel_gets_defaults():
     with pytest.raises(HintsError, match="unknown costmodel fields"):
         cm.cluster_coeffs({"name": "x", "core_type": "A55", "cores": 4, "gflops_per_core": 16.0,
                            "bandwidth_gbs": 4.0, "costmodel": {"efficiency": 1}})
+    for key, junk in (("eff", 0.3), ("alpha", [0.1]), ("shape", "ab")):
+        with pytest.raises(HintsError, match=f"costmodel.{key} must be an object"):
+            cm.cluster_coeffs({"name": "x", "core_type": "A55", "cores": 4, "gflops_per_core": 16.0,
+                               "bandwidth_gbs": 4.0, "costmodel": {key: junk}})
 
 
 # ------------------------------------------------------------------ Table I

@@ -406,6 +406,9 @@ class Calibration:
             parsed = {t: CoreCoeffs.from_dict(c, core_type=t) for t, c in coeffs.items()}
         except HintsError as err:
             raise HintsError(f"{source}: {err}") from None
+        for key, kind in (("platform", Mapping), ("machine", Mapping), ("fit", Mapping), ("samples", list)):
+            if key in data and not isinstance(data[key], kind):
+                raise HintsError(f"{source}: {key!r} must be {'an object' if kind is Mapping else 'a list'}")
         return cls(parsed, dict(data["platform"]), str(data["date"]), dict(data.get("machine", {})),
                    bool(data.get("quick", False)), dict(data.get("fit", {})), list(data.get("samples", [])))
 

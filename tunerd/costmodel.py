@@ -358,6 +358,8 @@ def cluster_coeffs(cluster: Mapping[str, Any], *, source: str = "board") -> Core
     for key, default in BOARD_DEFAULTS.items():
         given = block.get(key)
         if isinstance(default, dict):
+            if given is not None and not isinstance(given, Mapping):
+                raise HintsError(f"{where}: costmodel.{key} must be an object, got {given!r:.40}")
             merged[key] = {**default, **(given or {})}
         else:
             merged[key] = default if given is None else given
