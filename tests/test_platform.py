@@ -13,6 +13,7 @@ import pytest
 from tunerd import cli
 from tunerd.errors import ConfigError, HintsError, PlatformError
 from tunerd.fakesysfs import FakeBoard, FakePolicy, make_emulated_tree, set_emulated_freq
+from tunerd.monitor import Monitor, MonitorConfig
 from tunerd.platform import (Cluster, cluster_names, discover, effective_speed, parse_platform_spec,
                              resolve_platform)
 from tunerd.sysfs import (SysfsReader, arm_core_name, format_cpu_list, parse_cpu_list, parse_cpuinfo,
@@ -336,6 +337,21 @@ def test_emulated_platform_without_cpufreq_files(tmp_path):
     assert [(c.name, c.core_type, c.cpus, c.capacity, c.speed, c.max_khz) for c in platform.clusters] == [
         ("little", "emu@0.4", (1,), 410, 0.4, None), ("big", "emu@1", (0,), 1024, 1.0, None)]
     assert [effective_speed(c, tmp_path) for c in platform.clusters] == [0.4, 1.0]
+
+
+def test_emulated_clusters_do_not_follow_the_hosts_own_cpufreq(tmp_path):
+    # the host's /sys holds its real, governor-driven frequencies: they already act on the real
+    # cores, so an emulated cluster over them keeps its nominal speed (a link to /sys is /sys)
+    (tmp_path / "sys").symlink_to("/sys")
+    platform = resolve_platform("emulate:big=0@1.0,little=1@0.4", sysfs_root=tmp_path / "sys",
+                                available_cpus={0, 1})
+    for c in platform.clusters:
+        assert not c.follow_cpufreq and c.policy is None and c.max_khz is None
+        assert c.policy_path("/sys", "scaling_cur_freq") is None
+        assert effective_speed(c, "/sys") == c.speed
+    mon = Monitor(platform, "/sys", MonitorConfig())
+    assert mon.frequencies() == {"little": {"cur_khz": None, "max_khz": None},
+                                 "big": {"cur_khz": None, "max_khz": None}}
 
 
 def test_make_emulated_tree_files(fake_sysfs):

@@ -66,6 +66,8 @@ class Monitor:
 
     # ------------------------------------------------------------------ reads
     def _read_freq(self, cluster: Cluster) -> tuple[int | None, int | None]:
+        if not cluster.follow_cpufreq:
+            return None, None
         return (read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_cur_freq")),
                 read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_max_freq")))
 

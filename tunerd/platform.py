@@ -36,6 +36,8 @@ class Cluster:
     ``min_khz`` the hardware limits (cpuinfo_max_freq/cpuinfo_min_freq), ``cur_khz`` the frequency
     when read. ``speed`` is the nominal speed factor of an emulated cluster, 1.0 for real ones.
     ``policy`` is its cpufreq policy directory relative to the sysfs root, as discovery found it.
+    ``follow_cpufreq`` is False for an emulated cluster over the host's own ``/sys``: the host's
+    DVFS already acts on the real cores, so following its files would count it twice.
     """
     name: str
     core_type: str
@@ -46,18 +48,22 @@ class Cluster:
     cur_khz: int | None = None
     speed: float = 1.0
     policy: str | None = None
+    follow_cpufreq: bool = True
 
     @property
     def cores(self) -> int:
         return len(self.cpus)
 
-    def policy_path(self, sysfs_root: str | os.PathLike, name: str) -> str:
-        """Path of the file ``name`` of this cluster's cpufreq policy under ``sysfs_root``.
+    def policy_path(self, sysfs_root: str | os.PathLike, name: str) -> str | None:
+        """Path of the file ``name`` of this cluster's cpufreq policy under ``sysfs_root``; None
+        when its cpufreq is not to be followed.
 
         NOTE: the policy is not always ``policy<first CPU>``: its first CPU may be offline (the
         policy keeps the number it was created with) and old kernels only have ``cpuN/cpufreq``.
         Without a known policy (simulated boards, hand-built clusters) that name is the guess.
         """
+        if not self.follow_cpufreq:
+            return None
         rel = self.policy or f"{CPUFREQ_DIR}/policy{self.cpus[0]}"
         return os.path.join(sysfs_root, rel, name)
 
@@ -449,15 +455,19 @@ def emulated_platform(spec: PlatformSpec, *, sysfs_root: str | os.PathLike = "/s
                               f"this machine (available: {format_cpu_list(available) or 'none'})")
     fs = SysfsReader(sysfs_root)
     check_sysfs_root(fs)
+    # NOTE: emulated DVFS follows the cpufreq files of an emulated tree (--sysfs-root); under the
+    # host's own /sys those are the host's real, governor-driven frequencies, which already act on
+    # the real cores: SPEED stays constant there
+    follow = os.path.realpath(sysfs_root) != "/sys"
     clusters = []
     for c in sorted(spec.clusters, key=lambda c: (c.speed, c.cpus[0])):
         policy = f"{CPUFREQ_DIR}/policy{c.cpus[0]}"
+        khz = {k: fs.read_int(f"{policy}/{f}") if follow else None
+               for k, f in (("max_khz", "cpuinfo_max_freq"), ("min_khz", "cpuinfo_min_freq"),
+                            ("cur_khz", "scaling_cur_freq"))}
         # NOTE: the core type carries the speed so a cost table never mixes two emulated kinds.
         clusters.append(Cluster(c.name, f"emu@{c.speed:g}", c.cpus, capacity=round(1024 * c.speed),
-                                max_khz=fs.read_int(f"{policy}/cpuinfo_max_freq"),
-                                min_khz=fs.read_int(f"{policy}/cpuinfo_min_freq"),
-                                cur_khz=fs.read_int(f"{policy}/scaling_cur_freq"), speed=c.speed,
-                                policy=policy))
+                                speed=c.speed, policy=policy if follow else None, follow_cpufreq=follow, **khz))
     return Platform(tuple(clusters), "emulate", read_thermal_zones(fs), spec=spec.text)
 
 
@@ -470,6 +480,8 @@ def effective_speed(cluster: Cluster, sysfs_root: str | os.PathLike = "/sys") ->
     raises. Workers stretch compute by 1/effective_speed on emulated platforms only; a real core
     slows down by itself.
     """
+    if not cluster.follow_cpufreq:
+        return cluster.speed
     hw_max = cluster.max_khz or read_positive_int(cluster.policy_path(sysfs_root, "cpuinfo_max_freq"))
     if not hw_max:
         return cluster.speed
