@@ -49,6 +49,8 @@ def test_configs_are_frozen_hashable_and_comparable():
     ("0-9@big:4x", r"bad stage 1"),
     ("0-9@:4", r"bad stage 1"),
     ("0-9@big:4 ; 10-17@little:4", r"bad stage 1"),
+    ("\u0660-\u0661\u0667@big:\u0664", r"bad stage 1"),        # Arabic-Indic digits are not ASCII ones
+    ("0-17@big:4\u00a0", r"bad stage 1"),                         # nor a no-break space a space
 ])
 def test_junk_syntax_says_where(text, match):
     with pytest.raises(ConfigError, match=match):
@@ -64,7 +66,9 @@ def test_parse_rejects_non_text():
     ("2-17@big:4", r"stage 1 \(2-17@big:4\) starts at unit 2: units 0-1 are not covered"),
     ("0-8@big:4 | 11-17@little:4", r"gap: units 9-10 between stage 1 \(0-8@big:4\) and stage 2"),
     ("0-9@big:4 | 8-17@little:4", r"overlap: units 8-9 are in both stage 1"),
-    ("0-9@big:4 | 0-17@little:4", r"stages out of order: stage 2 \(0-17@little:4\) starts before stage 1"),
+    ("0-9@big:4 | 0-17@little:4", r"overlap: units 0-9 are in both stage 1"),
+    ("0-9@big:2 | 10-17@little:4 | 4-5@big:2", r"stages out of order: stage 3 \(4-5@big:2\) starts before stage 2"),
+    ("0-5@big:1 | 3-4@big:1 | 5-17@little:1", r"overlap: units 3-4 are in both stage 1"),
     ("0-9@big:4 | 10-19@little:4", r"stage 2 \(10-19@little:4\) ends at unit 19 but the model has 18 units"),
     ("0-9@big:4 | 10-15@little:4", r"units 16-17 are not covered \(the model has 18 units\)"),
     ("0-9@mid:4 | 10-17@little:4", r"stage 1 \(0-9@mid:4\): unknown cluster 'mid' \(clusters: little, big\)"),

@@ -118,9 +118,16 @@ def format_config(config: PipelineConfig) -> str:
 
 
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+# NOTE: ASCII: without it \d and \s take any Unicode digit or space ('٠-١٧@big:٤' parsed)
 _STAGE_RE = re.compile(
-    rf"\s*(\d+)\s*-\s*(\d+)\s*@\s*({_NAME})\s*:\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?"
+    rf"\s*(\d+)\s*-\s*(\d+)\s*@\s*({_NAME})\s*:\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", re.ASCII
 )
+_CLUSTER_NAME_RE = re.compile(_NAME, re.ASCII)
+
+
+def is_cluster_name(name: str) -> bool:
+    """Whether ``name`` can stand for a cluster in the config text (``0-9@NAME:4``)."""
+    return isinstance(name, str) and _CLUSTER_NAME_RE.fullmatch(name) is not None
 _FORM = "FIRST-LAST@CLUSTER:CORES or FIRST-LAST@CLUSTER:CORESxREPLICAS"
 
 
@@ -177,10 +184,10 @@ def validate(config: PipelineConfig, n_units: int, clusters: Sequence[Any]) -> P
     for i in range(1, len(stages)):
         prev, s = stages[i - 1], stages[i]
         pair = f"stage {i} ({prev}) and stage {i + 1} ({s})"
-        if s.first <= prev.first:
+        if s.first < prev.first:
             raise ConfigError(f"stages out of order: stage {i + 1} ({s}) starts before stage {i} ({prev})")
         if s.first <= prev.last:
-            raise ConfigError(f"overlap: units {s.first}-{prev.last} are in both {pair}")
+            raise ConfigError(f"overlap: units {s.first}-{min(prev.last, s.last)} are in both {pair}")
         if s.first > prev.last + 1:
             raise ConfigError(f"gap: units {prev.last + 1}-{s.first - 1} between {pair} are not covered")
     last = stages[-1].last
