@@ -55,6 +55,8 @@ def test_board_validation_and_clusters():
     (("clusters", 0, "bandwidth_gbs"), True, r"'bandwidth_gbs' must be a number, got True"),
     (("clusters", 0, "core_type"), "", r"'core_type' must be a non-empty string"),
     (("clusters", 1, "name"), "little", r"clusters\[1\]: duplicate cluster name 'little'"),
+    (("clusters", 1, "name"), "big cluster", r"clusters\[1\]: name 'big cluster' cannot be written in a pipeline"),
+    (("clusters", 1, "name"), "a|b", r"clusters\[1\]: name 'a\|b' cannot be written in a pipeline"),
     (("clusters", 0), "big", r"clusters\[0\] must be an object"),
 ])
 def test_board_errors_name_the_field(path, value, match):
@@ -283,6 +285,23 @@ def test_simulate_command_json(tmp_path, capsys, fake_hints):
     assert fake_hints == [("zoo:alexnet", None, 32, "small")]
 
 
+def test_late_and_simultaneous_dvfs_events_are_all_reported(tmp_path, capsys, fake_hints):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    budget = 10
+    late = budget * 3 + 60            # past what the run would have taken without events
+    args = _parser().parse_args(["simulate", "--board", str(path), "--hints", "x.json", "--budget", str(budget),
+                                 "--dvfs", f"{late}:fast:0.5", "--dvfs", f"{late}:slow:0.8", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["at"] for r in out["retunes"]] == [late]
+    assert sorted(map(tuple, out["retunes"][0]["events"])) == [("fast", 0.5), ("slow", 0.8)]
+    args = _parser().parse_args(["simulate", "--board", str(path), "--hints", "x.json", "--budget", str(budget),
+                                 "--dvfs", f"{late}:fast:0.5", "--dvfs", f"{late}:slow:0.8"])
+    assert args.func(args) == 0
+    assert f"dvfs at window {late} (fast x0.5, slow x0.8)" in capsys.readouterr().out
+
+
 def test_simulate_command_text(tmp_path, capsys, fake_hints):
     path = tmp_path / "small.json"
     path.write_text(json.dumps(SMALL))
@@ -299,6 +318,14 @@ def test_simulate_command_errors(tmp_path, capsys, fake_hints):
     assert "expected AT:CLUSTER:FACTOR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["simulate", "--board", "x", "--model", "m", "--dvfs", "3:big:0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "--board", "x", "--model", "m", "--dvfs", "0:big:0.5"])
+    assert "AT must be >= 1" in capsys.readouterr().err
+    for flag, value, match in (("--seed", "-1", "--seed must be >= 0"), ("--noise", "nan", "--noise must be a finite"),
+                               ("--sigma", "-0.1", "--sigma must be a finite")):
+        args = parser.parse_args(["simulate", "--board", "x", "--model", "m", flag, value])
+        with pytest.raises(HintsError, match=match):
+            simulate.run(args)
     args = parser.parse_args(["simulate", "--board", "x"])
     with pytest.raises(HintsError, match="one of --model or --hints is required"):
         simulate.run(args)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .errors import HintsError
 from .files import load_json
-from .pipeconfig import ClusterSpec
+from .pipeconfig import ClusterSpec, is_cluster_name
 
 __all__ = ["load_board", "validate_board", "board_clusters", "shipped_boards", "shipped_board_path"]
 
@@ -63,6 +63,9 @@ def validate_board(data: Any, source: str = "board") -> dict:
                     raise HintsError(f"{where}: {key!r} must be a non-empty string, got {c[key]!r}")
             else:
                 c[key] = _number(c[key], kind, f"{where}: {key!r}")
+        if not is_cluster_name(c["name"]):
+            raise HintsError(f"{where}: name {c['name']!r} cannot be written in a pipeline config "
+                             f"(letters, digits, '_', '.', '-'; not starting with '.' or '-')")
         if c["name"] in seen:
             raise HintsError(f"{where}: duplicate cluster name {c['name']!r}")
         seen.add(c["name"])

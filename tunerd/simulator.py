@@ -235,7 +235,7 @@ class SimulatedBoard:
 class _Phase:
     start: int
     optimum: DseResult
-    event: tuple[str, float] | None = None
+    event: tuple[tuple[str, float], ...] = ()         # the DVFS events (cluster, factor) that began it
     records: list = field(default_factory=list)
     final_best_true: float | None = None
 
@@ -271,7 +271,9 @@ def drive(sim: SimulatedBoard, searcher: Any, *, budget: int, max_windows: int |
     """Run ``searcher`` (``ask() -> config|None``, ``tell(config, fps, unit_times=)``, ``best``,
     ``retune(factors)``) against ``sim``: one measurement window per evaluation; a searcher with
     nothing to ask serves its best until the next DVFS event (or the end)."""
-    limit = max_windows or (budget * (2 + len(sim.schedule)) + 50)
+    # NOTE: after the last scheduled event, room for every episode (retunes included) to finish
+    last_event = sim.schedule[-1][0] if sim.schedule else 0
+    limit = max_windows or (last_event + budget * (2 + len(sim.schedule)) + 50)
     phases = [_Phase(0, sim.optimum())]
     window = 0
     while window < limit:
@@ -280,7 +282,7 @@ def drive(sim: SimulatedBoard, searcher: Any, *, budget: int, max_windows: int |
             phases[-1].final_best_true = _best_true(sim, searcher)  # at the old speeds
         fired = sim.due_events(window)
         if fired:
-            phases.append(_Phase(window, sim.optimum(), fired[-1]))
+            phases.append(_Phase(window, sim.optimum(), tuple(fired)))
             searcher.retune(dict(fired))
         config = searcher.ask()
         if config is None:
@@ -315,7 +317,10 @@ def drive(sim: SimulatedBoard, searcher: Any, *, budget: int, max_windows: int |
         result["retunes"] = []
         for p in phases[1:]:
             figs = _phase_figures(p, budget)
-            figs.update({"at": p.start, "cluster": p.event[0], "factor": p.event[1]})
+            # "cluster"/"factor": the last event of the window (the older single-event form);
+            # "events": every event that fired in it
+            figs.update({"at": p.start, "cluster": p.event[-1][0], "factor": p.event[-1][1],
+                         "events": [list(e) for e in p.event]})
             result["retunes"].append(figs)
         result["retune"] = result["retunes"][0]
         result["final_config"] = str(best[0]) if best else None

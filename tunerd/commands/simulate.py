@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -20,8 +21,11 @@ def parse_dvfs(text: str) -> tuple[int, str, float]:
         at, cluster, factor = int(parts[0]), parts[1], float(parts[2])
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad --dvfs {text!r}: expected AT:CLUSTER:FACTOR, e.g. 40:big:0.6") from None
-    if at < 0 or not factor > 0:
-        raise argparse.ArgumentTypeError(f"bad --dvfs {text!r}: AT must be >= 0 and FACTOR > 0")
+    # NOTE: an event fires between measurement windows; window 0 is the first, so AT 0 would be
+    # the board's state before anything was measured (the nominal optimum compared with nothing)
+    if at < 1 or not factor > 0:
+        raise argparse.ArgumentTypeError(f"bad --dvfs {text!r}: AT must be >= 1 (a measurement window) "
+                                         f"and FACTOR > 0")
     return at, cluster, factor
 
 
@@ -64,6 +68,10 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _fps(value: float | None) -> str:
+    return "    none" if value is None else f"{value:8.3f}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..boards import load_board  # noqa: PLC0415 - keep `tunerd --help` fast
     from ..simulator import run_simulation  # noqa: PLC0415
@@ -72,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         raise HintsError("one of --model or --hints is required")
     if args.budget < 1:
         raise HintsError(f"--budget must be >= 1, got {args.budget}")
+    if args.seed < 0:
+        raise HintsError(f"--seed must be >= 0, got {args.seed}")
+    for name in ("sigma", "noise"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise HintsError(f"--{name} must be a finite number >= 0, got {value}")
     board = load_board(args.board)
     table, model_name = load_table(args, board)
     result = run_simulation(board, table, budget=args.budget, seed=args.seed, sigma=args.sigma,
@@ -84,14 +98,15 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     print(f"board {result['board']}, model {model_name} ({result['n_units']} units),"
           f" budget {args.budget}, seed {args.seed}", file=out)
-    print(f"found    {result['found_fps']:8.3f} fps  {result['config']}", file=out)
+    print(f"found    {_fps(result['found_fps'])} fps  {result['config']}", file=out)
     print(f"optimum  {result['optimum_fps']:8.3f} fps  {result['optimum_config']}  (exhaustive)", file=out)
     to95 = result["evaluations_to_95"]
     print(f"found/optimum {result['found_ratio']:.3f} after {result['evaluations']} evaluations"
           f" (95% of optimum after {to95 if to95 is not None else 'never'})", file=out)
     for rt in result.get("retunes", []):
         back = rt["evaluations_to_95"]
-        print(f"dvfs at window {rt['at']} ({rt['cluster']} x{rt['factor']}): found {rt['found_fps']:.3f}"
+        what = ", ".join(f"{c} x{f}" for c, f in rt["events"])
+        print(f"dvfs at window {rt['at']} ({what}): found {_fps(rt['found_fps']).strip()}"
               f" / optimum {rt['optimum_fps']:.3f} fps ({rt['found_ratio']:.3f}),"
               f" back within 5% after {back if back is not None else 'never'} evaluations", file=out)
     return 0
