@@ -362,6 +362,50 @@ def test_killed_worker_loses_no_frame(retries):
         assert failed and all("died" in o.error for o in failed)
 
 
+def test_a_reconfiguration_that_cannot_start_leaves_the_old_config_running(monkeypatch):
+    pipe, model = fake_pipeline("0-5@big:1", sleep_ms=1.0, platform=EMULATED)
+    xs = frames(model, 12, seed=3)
+    with pipe:
+        run_all(pipe, xs[:4])
+
+        def no_more_sockets(*args):
+            raise OSError(24, "Too many open files")
+        with monkeypatch.context() as m:
+            m.setattr("tunerd.pipeline.socket.socketpair", no_more_sockets)
+            with pytest.raises(PipelineError, match="cannot start 0-2@big:1 \\| 3-5@little:1.*Too many open files"):
+                pipe.reconfigure("0-2@big:1 | 3-5@little:1")
+        assert str(pipe.config) == "0-5@big:1"
+        got = run_all(pipe, xs[4:8], first_id=4)            # the old epoch still serves every frame
+        assert [o.frame_id for o in got] == [4, 5, 6, 7] and all(o.ok for o in got)
+        pipe.reconfigure("0-2@big:1 | 3-5@little:1")        # and a later switch works
+        got = run_all(pipe, xs[8:], first_id=8)
+        assert [o.frame_id for o in got] == [8, 9, 10, 11]
+        assert all(np.array_equal(o.output, model.run(xs[o.frame_id])) for o in got)
+
+
+def test_a_restart_that_cannot_start_fails_the_waiting_frames(monkeypatch):
+    pipe, model = fake_pipeline("0-2@big:1 | 3-5@big:1", sleep_ms=20.0)
+    xs = frames(model, 3)
+    with pipe:
+        for i, x in enumerate(xs):
+            assert pipe.submit(i, x)
+
+        def no_more_processes(*args):
+            raise OSError(11, "Resource temporarily unavailable")
+        monkeypatch.setattr(pipe, "_spawn", no_more_processes)
+        os.kill(pipe.worker_pids()[0], signal.SIGKILL)
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < len(xs) and time.monotonic() < deadline:
+            try:
+                got += pipe.poll(0.05)
+            except PipelineError:
+                break
+        assert [o.frame_id for o in got] == [0, 1, 2]          # each answered once, none left waiting
+        assert not any(o.ok for o in got) and all("cannot restart" in o.error for o in got)
+        with pytest.raises(PipelineError, match="cannot restart the pipeline"):
+            pipe.submit(3, xs[0])
+
+
 def test_worker_death_is_noticed_within_a_second():
     pipe, model = fake_pipeline("0-2@big:1 | 3-5@big:1")
     with pipe:

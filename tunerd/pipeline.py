@@ -333,13 +333,21 @@ class Pipeline:
         config = self._check_config(config)
         t0 = clock()
         self._service(0.0)
+        self._check_open()              # that service may have found the pipeline broken
         old = self._current
-        old.end = self._next_seq
+        # NOTE: the new epoch first: if it cannot start (a spawn, socket or shared memory fails),
+        # the old one is still open and current, and frames keep flowing through it
+        try:
+            new = self._start_epoch(config, t0)
+        except OSError as err:
+            raise PipelineError(f"cannot start {config} ({type(err).__name__}: {err}); still running "
+                                f"{old.config}") from err
+        old.end = new.start
         for w in {id(w): w for stage in old.roles for w in stage}.values():
             self._send(w, ("end", old.number, old.end))
-        self._current = self._start_epoch(config, t0)
+        self._current = new
         self._maybe_retire(old)
-        return self._current.number
+        return new.number
 
     def handles(self) -> list:
         """Objects (connections and process sentinels) a poll loop can wait on with
@@ -497,24 +505,26 @@ class Pipeline:
                     free.remove(w)
                 row.append(w)
             roles.append(row)
-        ep = _Epoch(number, config, self._next_seq, [self._ring() for _ in range(len(stages) + 1)],
-                    roles, requested_at)
+        rings = []
+        try:
+            for _ in range(len(stages) + 1):
+                rings.append(self._ring())
+        except BaseException:
+            self._free_rings.extend(rings)
+            raise
+        ep = _Epoch(number, config, self._next_seq, rings, roles, requested_at)
         self._epochs[number] = ep
         self._recent[number] = deque(maxlen=self.window)
-        # links: a socketpair for every producer replica x consumer replica of each inner cut
-        links = [[[socket.socketpair() for _ in roles[i + 1]] for _ in roles[i]] for i in range(len(stages) - 1)]
         try:
-            for i, stage in enumerate(stages):
-                for a, w in enumerate(roles[i]):
-                    prev = [links[i - 1][p][a][1] for p in range(len(roles[i - 1]))] if i > 0 else []
-                    nxt = [links[i][a][c][0] for c in range(len(roles[i + 1]))] if i < len(stages) - 1 else []
-                    self._give_role(w, ep, i, a, tuple(cpu_sets[i][a]), prev, nxt)
-        finally:
-            for per_cut in links:
-                for per_prod in per_cut:
-                    for s1, s2 in per_prod:
-                        s1.close()
-                        s2.close()
+            self._link_and_give_roles(ep, cpu_sets)
+        except BaseException:
+            # NOTE: a half-started epoch must not linger: it ends before its first frame, so the
+            # workers that got a role drop it, and the usual retirement returns its rings
+            ep.end = ep.start
+            for w in {w.wid: w for stage in roles for w in stage}.values():
+                self._send(w, ("end", number, ep.start), quiet=True)
+            self._maybe_retire(ep)
+            raise
         # workers without a role: keep a few idle ones for reuse, let the others go
         keep = len(self.platform.cpus)
         active = sum(1 for w in self._res.workers if not w.retiring and not w.dead)
@@ -533,6 +543,30 @@ class Pipeline:
             same = set(w.cpus) == set(cpus)
             return (same and w.units == units, same, bool(set(w.cpus) & set(cpus)), -len(w.epochs))
         return max(free, key=score, default=None)
+
+    def _link_and_give_roles(self, ep: _Epoch, cpu_sets) -> None:
+        """Links (a socketpair for every producer replica x consumer replica of each inner cut),
+        then every worker's role in ``ep``."""
+        roles, stages = ep.roles, ep.config.stages
+        links: list = []
+        try:
+            for i in range(len(stages) - 1):
+                links.append([])
+                for _ in roles[i]:
+                    links[i].append([])
+                    for _ in roles[i + 1]:
+                        links[i][-1].append(socket.socketpair())
+            for i in range(len(stages)):
+                for a, w in enumerate(roles[i]):
+                    prev = [links[i - 1][p][a][1] for p in range(len(roles[i - 1]))] if i > 0 else []
+                    nxt = [links[i][a][c][0] for c in range(len(roles[i + 1]))] if i < len(stages) - 1 else []
+                    self._give_role(w, ep, i, a, tuple(cpu_sets[i][a]), prev, nxt)
+        finally:
+            for per_cut in links:
+                for per_prod in per_cut:
+                    for s1, s2 in per_prod:
+                        s1.close()
+                        s2.close()
 
     def _spawn(self, cpus: tuple[int, ...], threads: int) -> _Worker:
         wid = self._next_wid
@@ -780,10 +814,20 @@ class Pipeline:
                 rec.seq = None
                 self._backlog.append(rec)
         if self._fruitless > MAX_FRUITLESS_RESTARTS:
-            self._broken = f"the pipeline was restarted {MAX_FRUITLESS_RESTARTS} times without a frame done: {reason}"
-            for rec in self._backlog:
-                self._fail(rec, self._broken)
-            self._backlog.clear()
+            self._break(f"the pipeline was restarted {MAX_FRUITLESS_RESTARTS} times without a frame done: {reason}")
             return
-        self._current = self._start_epoch(config, clock())
+        try:
+            self._current = self._start_epoch(config, clock())
+        except (OSError, TunerdError) as err:
+            # NOTE: with no epoch to run them, the frames waiting would never get an outcome
+            self._break(f"cannot restart the pipeline ({type(err).__name__}: {err}) after: {reason}")
+            return
         self._feed()
+
+    def _break(self, why: str) -> None:
+        """No more frames: every frame waiting fails with ``why``; later calls raise it."""
+        log.error("%s", why)
+        self._broken = why
+        for rec in self._backlog:
+            self._fail(rec, why)
+        self._backlog.clear()
