@@ -81,6 +81,8 @@ def test_tables_merge_and_round_trip_json():
 @pytest.mark.parametrize("bad", ['[1]', '{"format": 2, "entries": []}', '{"format": 1}',
                                  '{"format": 1, "entries": [{"unit": 0, "core_type": "x", "cores": 1, '
                                  '"n": 0, "mean_ms": 1, "m2": 0}]}',
+                                 '{"format": 1, "entries": [{"unit": 0, "core_type": "x", "cores": 1, '
+                                 '"n": 2, "mean_ms": 1, "m2": NaN}]}',
                                  'not json'])
 def test_bad_tables_are_refused(bad):
     with pytest.raises(HintsError):

@@ -98,3 +98,13 @@ def test_attach_takes_ownership_of_the_descriptor():
     assert ring.view(0, (4,)).tolist() == [3.0] * 4
     other.close()
     ring.close()
+
+
+def test_a_ring_that_cannot_be_made_closes_its_descriptor():
+    ring = Ring.create(1, 1, 16)
+    fd = os.dup(ring.fileno())
+    with pytest.raises(ValueError):
+        Ring.attach(2, 0, ring.slot_bytes, fd)             # no slots: refused, and fd closed
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    ring.close()

@@ -181,7 +181,7 @@ class CostTable:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
             for e in data["entries"]:
                 n, mean, m2 = int(e["n"]), float(e["mean_ms"]), float(e["m2"])
-                if n < 1 or m2 < 0 or not math.isfinite(mean):
+                if n < 1 or not (math.isfinite(mean) and math.isfinite(m2) and m2 >= 0):
                     raise ValueError(f"bad statistics n={n} mean={mean} m2={m2}")
                 key = make_key(e["unit"], e["core_type"], e["cores"], e.get("freq"))
                 table._stats[key] = RunningStat(n, mean, m2)

@@ -42,7 +42,11 @@ def _anonymous_fd(size: int) -> int:
         except OSError:
             fd = None  # e.g. seccomp forbids memfd_create: fall back to /dev/shm
         if fd is not None:
-            os.ftruncate(fd, size)
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
             return fd
     path = f"/dev/shm/{NAME_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -63,15 +67,19 @@ class Ring:
     """
 
     def __init__(self, ring_id: int, n_slots: int, slot_bytes: int, fd: int, *, keep_fd: bool):
-        if n_slots < 1:
-            raise ValueError(f"a ring needs at least one slot, got {n_slots}")
-        if slot_bytes < 1 or slot_bytes % PAGE:
-            raise ValueError(f"slot_bytes must be a positive multiple of {PAGE}, got {slot_bytes}")
-        self.ring_id = int(ring_id)
-        self.n_slots = int(n_slots)
-        self.slot_bytes = int(slot_bytes)
-        self.nbytes = self.n_slots * self.slot_bytes
-        self._mm = mmap.mmap(fd, self.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            if n_slots < 1:
+                raise ValueError(f"a ring needs at least one slot, got {n_slots}")
+            if slot_bytes < 1 or slot_bytes % PAGE:
+                raise ValueError(f"slot_bytes must be a positive multiple of {PAGE}, got {slot_bytes}")
+            self.ring_id = int(ring_id)
+            self.n_slots = int(n_slots)
+            self.slot_bytes = int(slot_bytes)
+            self.nbytes = self.n_slots * self.slot_bytes
+            self._mm = mmap.mmap(fd, self.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)    # this object owns fd: nothing else would close it
+            raise
         if keep_fd:
             self._fd: int | None = fd
         else:
@@ -84,9 +92,9 @@ class Ring:
         slot_bytes = slot_size(slot_bytes)
         try:
             fd = _anonymous_fd(n_slots * slot_bytes)
+            return cls(ring_id, n_slots, slot_bytes, fd, keep_fd=True)
         except OSError as err:
             raise TunerdError(f"cannot create shared memory ({n_slots} x {slot_bytes} bytes): {err}") from err
-        return cls(ring_id, n_slots, slot_bytes, fd, keep_fd=True)
 
     @classmethod
     def attach(cls, ring_id: int, n_slots: int, slot_bytes: int, fd: int) -> "Ring":
