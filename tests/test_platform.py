@@ -226,6 +226,15 @@ def test_offline_cpus(fake_sysfs):
         fake_sysfs("hikey970", online=range(10))
 
 
+def test_cpus_outside_the_process_cpu_set_are_left_out(fake_sysfs):
+    root = fake_sysfs("hikey970")
+    platform = resolve_platform("auto", sysfs_root=root, available_cpus={0, 1, 4, 5})
+    assert [(c.name, c.cpus) for c in platform.clusters] == [("little", (0, 1)), ("big", (4, 5))]
+    assert [c.cores for c in resolve_platform("auto", sysfs_root=root).clusters] == [4, 4]   # a fake tree: all
+    with pytest.raises(PlatformError, match="none of the online CPUs"):
+        resolve_platform("auto", sysfs_root=root, available_cpus={9})
+
+
 def test_online_from_cpu_directories(fake_sysfs):
     root = fake_sysfs("hikey970", online=[0, 1, 2, 3, 4, 5])
     (root / CPU / "online").unlink()

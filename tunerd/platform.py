@@ -146,15 +146,26 @@ class _Domain:
     policy: str | None      # sysfs-relative cpufreq policy directory, None without cpufreq
 
 
-def discover(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLike | None = None) -> Platform:
+def discover(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLike | None = None,
+             available_cpus=None) -> Platform:
     """The platform of the machine (or fake tree) under ``sysfs_root``; source ``"auto"``.
 
     Clusters come from cpufreq policies; CPUs without a policy are grouped by (capacity, core type),
     so a machine without cpufreq or capacity data (an x86 VM) is one cluster of all online CPUs.
+    With ``available_cpus``, online CPUs outside it are left out (a cpuset: systemd's AllowedCPUs=,
+    a container): stage workers could not be pinned there.
     """
     fs = SysfsReader(sysfs_root, proc_root)
     check_sysfs_root(fs)
     online = online_cpus(fs)
+    if available_cpus is not None:
+        outside = [cpu for cpu in online if cpu not in available_cpus]
+        if outside:
+            log.info("CPUs %s are online but outside this process's CPU set: left out", format_cpu_list(outside))
+            online = [cpu for cpu in online if cpu in available_cpus]
+            if not online:
+                raise PlatformError(f"none of the online CPUs is in this process's CPU set "
+                                    f"({format_cpu_list(sorted(available_cpus)) or 'empty'})")
     core_types = read_core_types(fs, online)
     # Documentation/ABI/testing/sysfs-devices-system-cpu, cpuX/cpu_capacity: "capacity of cpuX",
     # normalised so the most capable CPU is 1024; only arm, arm64 and riscv DT systems have it.
@@ -436,10 +447,13 @@ def resolve_platform(spec: str | PlatformSpec = "auto", *, sysfs_root: str | os.
                      proc_root: str | os.PathLike | None = None,
                      available_cpus=None) -> Platform:
     """The Platform a spec names. ``available_cpus`` (default: this process's affinity) is what
-    emulated clusters may use; tests inject it."""
+    emulated clusters, and discovery on the real ``/sys``, may use; tests inject it."""
     parsed = spec if isinstance(spec, PlatformSpec) else parse_platform_spec(spec)
     if parsed.kind == "auto":
-        return discover(sysfs_root, proc_root)
+        # NOTE: a fake tree describes another machine: this process's CPU set says nothing of it
+        if available_cpus is None and os.path.realpath(sysfs_root) == "/sys":
+            available_cpus = os.sched_getaffinity(0)
+        return discover(sysfs_root, proc_root, available_cpus)
     if parsed.kind == "emulate":
         return emulated_platform(parsed, sysfs_root=sysfs_root, available_cpus=available_cpus)
     return board_platform(parsed)
