@@ -153,3 +153,61 @@ def test_plan_ending_in_an_in_place_concat_writes_into_out():
     res, _ = head.run_timed(x, out=np.zeros(head.output_shape, np.float32))
     np.testing.assert_array_equal(res, ref)
     np.testing.assert_array_equal(head.run(x), ref)  # internal buffers restored
+
+
+def _param(*shape, seed=0, positive=False):
+    v = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return np.abs(v) + 0.1 if positive else v
+
+
+@pytest.mark.parametrize("nodes,weights,match", [
+    ([Node("n", "Conv", ["x", "w", "b"], ["y"])], {"w": _param(3, 4, 3, 3), "b": _param(5)}, "'n': bias"),
+    ([Node("n", "Conv", ["x", "w"], ["y"], {"kernel_shape": [2, 2]})], {"w": _param(3, 4, 3, 3)}, "'n': kernel_shape"),
+    ([Node("n", "BatchNormalization", ["x", "s", "s", "s", "s"], ["y"])], {"s": _param(3)}, "'n'.*shape"),
+    ([Node("n", "Transpose", ["x"], ["y"], {"perm": [0, 1]})], {}, "'n'.*perm"),
+    ([Node("n", "Softmax", ["x"], ["y"], {"axis": 5})], {}, "'n'.*axis 5"),
+    ([Node("n", "Flatten", ["x"], ["y"], {"axis": 7})], {}, "'n'.*axis 7"),
+    ([Node("n", "Concat", ["x", "x"], ["y"], {"axis": 5})], {}, "'n'.*axis 5"),
+    ([Node("n", "Squeeze", ["x"], ["y"], {"axes": [1]})], {}, "'n'.*not all 1"),
+    ([Node("n", "Unsqueeze", ["x"], ["y"], {"axes": [0, 0]})], {}, "'n'.*repeat"),
+    ([Node("n", "LRN", ["x"], ["y"])], {}, "'n'.*size"),
+    ([Node("n", "MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "auto_pad": "FOO"})], {}, "'n'.*auto_pad"),
+    ([Node("f", "Flatten", ["x"], ["h"]), Node("n", "Gemm", ["h", "w", "c"], ["y"])],
+     {"w": _param(120, 3), "c": _param(5)}, "'n'.*C of shape"),
+    ([Node("n", "Conv", ["x", "x"], ["y"])], {}, "'n'.*weights must be constant"),
+])
+def test_bad_layers_fail_at_load_naming_the_node(nodes, weights, match):
+    g = Graph("t", "x", (1, 4, 5, 6), "y", nodes, weights)
+    with pytest.raises(ModelError, match=match):
+        Model(g)
+
+
+@pytest.mark.parametrize("axis", [-1, -2, -3])
+def test_flatten_axis_follows_onnx(axis):
+    model = Model(Graph("t", "x", (1, 4, 5, 6), "y", [Node("f", "Flatten", ["x"], ["y"], {"axis": axis})], {}))
+    x = frame(model)
+    k = axis + 4 if axis < 0 else axis
+    np.testing.assert_array_equal(model.run(x), x.reshape(int(np.prod(x.shape[:k])), -1))
+
+
+def test_batch_norm_folding_with_repeated_node_names():
+    """Two Convs named alike, each followed by a BN, keep their own folded weights."""
+    from tunerd import passes
+
+    def graph(first, second):
+        nodes = [Node(first, "Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1]}),
+                 Node("bn1", "BatchNormalization", ["c1", "s1", "b1", "m1", "v1"], ["d1"]),
+                 Node(second, "Conv", ["d1", "w2"], ["c2"], {"pads": [1, 1, 1, 1]}),
+                 Node("bn2", "BatchNormalization", ["c2", "s2", "b2", "m2", "v2"], ["y"])]
+        weights = {"w1": _param(4, 4, 3, 3, seed=1), "w2": _param(4, 4, 3, 3, seed=2)}
+        for i in "12":
+            weights.update({f"s{i}": _param(4, seed=3), f"b{i}": _param(4, seed=4), f"m{i}": _param(4, seed=5),
+                            f"v{i}": _param(4, seed=6, positive=True)})
+        return Graph("t", "x", (1, 4, 8, 8), "y", nodes, weights)
+
+    unfolded = Model(graph("conv", "conv"))
+    folded = Model(passes.optimize(graph("conv", "conv")))
+    assert "BatchNormalization" not in {n.op for n in folded.graph.nodes}
+    x = frame(unfolded)
+    ref = unfolded.run(x)
+    assert float(np.max(np.abs(folded.run(x) - ref)) / np.max(np.abs(ref))) <= 1e-4

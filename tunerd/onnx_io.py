@@ -74,19 +74,40 @@ def import_onnx(path: str | os.PathLike, *, input_size: int | None = None) -> Gr
         dims[2] = dims[3] = int(input_size)
 
     nodes = []
-    for i, n in enumerate(g.node):
+    for n, name in zip(g.node, _node_names(g.node, path)):
         if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"unsupported op {n.domain}.{n.op_type} in node {n.name or i!r}")
-        name = n.name or f"{n.op_type}_{i}"
+            raise UnsupportedOpError(f"unsupported op {n.domain}.{n.op_type} in node {name!r}")
         attrs = {a.name: _attr_value(a, numpy_helper) for a in n.attribute}
-        nodes.append(_normalise(Node(name, n.op_type, list(n.input), list(n.output), attrs), opset, weights))
+        nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs))
     graph = Graph(g.name or path.stem, inp.name, tuple(dims), g.output[0].name, nodes,
                   {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in weights.items()})
-    _fold_shapes(graph)
+    _fold_shapes(graph, opset)
     for node in graph.nodes:
         if node.op not in ops.OPS and node.op not in ("Constant", "ConstantOfShape", "Shape", "Gather", "Cast"):
             ops.spec(node)  # raises UnsupportedOpError naming op and node
     return graph
+
+
+def _node_names(nodes, path) -> list[str]:
+    """Each node's name: its own, or ``OP_INDEX`` for unnamed nodes, made unique.
+
+    Later passes name weights and exported nodes after node names, so two alike would share them."""
+    taken = set()
+    for n in nodes:
+        if n.name in taken:
+            raise ModelError(f"ONNX model {path} has more than one node named {n.name!r}; node names must be unique")
+        if n.name:
+            taken.add(n.name)
+    names = []
+    for i, n in enumerate(nodes):
+        name = n.name
+        if not name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        names.append(name)
+    return names
 
 
 def _const_input(node: Node, index: int, weights: dict, what: str):
@@ -105,6 +126,9 @@ def _normalise(node: Node, opset: int, weights: dict) -> Node:
         if node.inputs[1] in weights:
             a["shape"] = [int(v) for v in weights[node.inputs[1]]]
             node.inputs = node.inputs[:1]
+        if a.get("allowzero") and 0 in a.get("shape", ()):
+            raise UnsupportedOpError(f"node {node.name!r} (Reshape): allowzero=1 with a 0 in shape {a['shape']} "
+                                     f"makes an empty tensor")
     elif op == "Clip" and opset >= 11:
         lo = _const_input(node, 1, weights, "min")
         hi = _const_input(node, 2, weights, "max")
@@ -129,6 +153,9 @@ def _normalise(node: Node, opset: int, weights: dict) -> Node:
     elif op == "Gemm":
         a.pop("broadcast", None)
     elif op == "BatchNormalization":
+        if not a.get("spatial", 1):
+            raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): spatial=0 (per-activation "
+                                     f"statistics, opset 7-8) is not supported")
         for key in ("spatial", "momentum", "is_test", "training_mode", "consumed_inputs"):
             a.pop(key, None)
     elif op == "Sum" and len(node.inputs) == 1:
@@ -136,17 +163,22 @@ def _normalise(node: Node, opset: int, weights: dict) -> Node:
     return node
 
 
-def _fold_shapes(graph: Graph) -> None:
-    """Fold Shape (and Gather/Cast/Unsqueeze/Concat of constants after it) using inferred shapes,
-    so exporters' dynamic flatten idioms (Shape -> Gather -> Concat -> Reshape) become static."""
+def _fold_shapes(graph: Graph, opset: int) -> None:
+    """Normalise each node, then fold Constant, Shape (and Gather/Cast/Unsqueeze/Concat of constants
+    after it) using inferred shapes, so exporters' dynamic flatten idioms (Shape -> Gather -> Concat
+    -> Reshape) become static."""
     from .passes import _const_eval
     shapes = {k: tuple(v.shape) for k, v in graph.weights.items()}
     shapes[graph.input_name] = tuple(graph.input_shape)
     kept = []
     for node in graph.nodes:
+        # NOTE: normalised here, in order, so constant inputs made by earlier Constant/Shape nodes are known
+        _normalise(node, opset, graph.weights)
         inputs = [i for i in node.inputs if i]
         if node.op == "Shape" and inputs[0] in shapes:
-            graph.weights[node.outputs[0]] = np.array(shapes[inputs[0]], dtype=np.int64)
+            # NOTE: Python slicing is ONNX's start/end rule (negatives from the end, clamped)
+            start, end = node.attrs.get("start", 0), node.attrs.get("end")
+            graph.weights[node.outputs[0]] = np.array(shapes[inputs[0]][start:end], dtype=np.int64)
         elif node.op in ("Constant", "ConstantOfShape") or (inputs and all(i in graph.weights for i in inputs)
                                                             and node.op not in ops.HEAVY_OPS):
             args = [graph.weights[i] for i in inputs]
@@ -184,10 +216,26 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None):
     onnx, numpy_helper = _require_onnx()
     from onnx import TensorProto, helper
 
+    from .passes import infer_shapes
+    shapes = infer_shapes(graph)
     inits = [numpy_helper.from_array(np.ascontiguousarray(v), name=k) for k, v in graph.weights.items()]
     out_nodes = []
+    # NOTE: tensors and nodes are separate namespaces; added ones take names not used yet in theirs
+    tensor_names = set(graph.weights) | {t for n in graph.nodes for t in n.inputs + n.outputs}
+    node_names = set()
 
-    def const(name, value):
+    def fresh(base, taken):
+        name = base
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    def tensor(base):
+        return fresh(base, tensor_names)
+
+    def const(base, value):
+        name = tensor(base)
         inits.append(numpy_helper.from_array(np.asarray(value), name=name))
         return name
 
@@ -195,35 +243,69 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None):
         a = {k: v for k, v in node.attrs.items() if k not in ("activation", "coerce_2d")}
         inputs, outputs = list(node.inputs), list(node.outputs)
         act = node.attrs.get("activation")
-        pre_act = f"{outputs[0]}__pre_act" if act else outputs[0]
+        name = fresh(node.name, node_names)
+        pre_act = tensor(f"{outputs[0]}__pre_act") if act else outputs[0]
+        out, post = pre_act, []
         if node.op == "Reshape":
-            inputs.append(const(f"{node.name}__shape", np.array(a.pop("shape"), np.int64)))
+            inputs.append(const(f"{outputs[0]}__shape", np.array(a.pop("shape"), np.int64)))
         elif node.op == "Clip":
-            inputs += [const(f"{node.name}__min", np.float32(a.pop("min", -np.inf))),
-                       const(f"{node.name}__max", np.float32(a.pop("max", np.inf)))]
+            inputs += [const(f"{outputs[0]}__min", np.float32(a.pop("min", -np.inf))),
+                       const(f"{outputs[0]}__max", np.float32(a.pop("max", np.inf)))]
         elif node.op in ("Unsqueeze", "Squeeze") and "axes" in a:
-            inputs.append(const(f"{node.name}__axes", np.array(a.pop("axes"), np.int64)))
+            inputs.append(const(f"{outputs[0]}__axes", np.array(a.pop("axes"), np.int64)))
         elif node.op in ("Softmax", "LogSoftmax") and node.attrs.get("coerce_2d"):
-            raise ModelError(f"node {node.name!r}: legacy 2-D-coerced {node.op} cannot be exported to opset 13")
+            shape = shapes[inputs[0]]
+            a["axis"] = int(a.get("axis", 1)) % len(shape)
+            if int(np.prod(shape[a["axis"] + 1:], dtype=np.int64)) != 1:
+                # NOTE: opset < 13 normalises over all dims from axis on: flatten them into one, and back
+                flat, out = tensor(f"{outputs[0]}__flat"), tensor(f"{outputs[0]}__2d")
+                out_nodes.append(helper.make_node("Flatten", inputs, [flat], axis=a["axis"],
+                                                  name=fresh(f"{name}__flatten", node_names)))
+                inputs, a["axis"] = [flat], 1
+                back = const(f"{outputs[0]}__shape", np.array(shape, np.int64))
+                post.append(helper.make_node("Reshape", [out, back], [pre_act],
+                                             name=fresh(f"{name}__unflatten", node_names)))
         elif node.op == "Dropout":
             a = {}
-        out_nodes.append(helper.make_node(node.op, inputs, [pre_act], name=node.name, **a))
+        _drop_newer_attrs(node, a, onnx)
+        out_nodes.append(helper.make_node(node.op, inputs, [out], name=name, **a))
+        out_nodes += post
         if act == "relu":
-            out_nodes.append(helper.make_node("Relu", [pre_act], outputs[:1], name=f"{node.name}__relu"))
+            out_nodes.append(helper.make_node("Relu", [pre_act], outputs[:1],
+                                              name=fresh(f"{name}__relu", node_names)))
         elif act == "relu6":
-            lo = const(f"{node.name}__lo", np.float32(0.0))
-            hi = const(f"{node.name}__hi", np.float32(6.0))
-            out_nodes.append(helper.make_node("Clip", [pre_act, lo, hi], outputs[:1], name=f"{node.name}__relu6"))
+            lo = const(f"{outputs[0]}__lo", np.float32(0.0))
+            hi = const(f"{outputs[0]}__hi", np.float32(6.0))
+            out_nodes.append(helper.make_node("Clip", [pre_act, lo, hi], outputs[:1],
+                                              name=fresh(f"{name}__relu6", node_names)))
 
-    from .passes import infer_shapes
-    out_shape = infer_shapes(graph)[graph.output_name]
     g = helper.make_graph(
         out_nodes, graph.name,
         [helper.make_tensor_value_info(graph.input_name, TensorProto.FLOAT, list(graph.input_shape))],
-        [helper.make_tensor_value_info(graph.output_name, TensorProto.FLOAT, list(out_shape))],
+        [helper.make_tensor_value_info(graph.output_name, TensorProto.FLOAT, list(shapes[graph.output_name]))],
         initializer=inits)
     model = helper.make_model(g, producer_name="tunerd", opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
     model.ir_version = min(model.ir_version, 8)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise ModelError(f"exporting {graph.name!r} gives invalid ONNX: {err}") from err
     if path is not None:
-        onnx.save(model, str(path))
+        try:
+            onnx.save(model, str(path))
+        except OSError as err:
+            raise ModelError(f"cannot write {path}: {err.strerror or err}") from err
     return model
+
+
+def _drop_newer_attrs(node: Node, attrs: dict, onnx) -> None:
+    """Drop attributes that opset 13 lacks when they change nothing; raise when they would."""
+    known = onnx.defs.get_schema(node.op, EXPORT_OPSET).attributes
+    for key in [k for k in attrs if k not in known]:
+        value = attrs.pop(key)
+        if key == "allowzero" and (not value or 0 not in node.attrs.get("shape", ())):
+            continue
+        if key == "dilations" and all(int(d) == 1 for d in value):
+            continue
+        raise ModelError(f"node {node.name!r} ({node.op}): attribute {key}={value!r} has no opset-{EXPORT_OPSET} "
+                         f"equivalent, cannot export")

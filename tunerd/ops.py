@@ -45,18 +45,19 @@ def _conv_geometry(node: Node, x: Shape, w: Shape) -> dict:
     kernel = tuple(a.get("kernel_shape") or w[2:])
     strides = _ints(a.get("strides"))
     dilations = _ints(a.get("dilations"))
-    pads = _resolve_pads(a, x[2:], kernel, strides, dilations)
+    pads = _resolve_pads(node, x[2:], kernel, strides, dilations)
     return {"kernel": kernel, "strides": strides, "dilations": dilations, "pads": pads}
 
 
-def _resolve_pads(attrs: dict, hw: Shape, kernel, strides, dilations) -> tuple[int, int, int, int]:
+def _resolve_pads(node: Node, hw: Shape, kernel, strides, dilations) -> tuple[int, int, int, int]:
+    attrs = node.attrs
     auto = attrs.get("auto_pad", "NOTSET")
     if isinstance(auto, bytes):
         auto = auto.decode()
     if auto in ("NOTSET", "", None):
         pads = attrs.get("pads") or (0, 0, 0, 0)
         if len(pads) != 4:
-            raise ModelError(f"pads {list(pads)} is not 2-D (need 4 values)")
+            raise ModelError(f"node {node.name!r}: pads {list(pads)} is not 2-D (need 4 values)")
         return tuple(int(p) for p in pads)
     if auto == "VALID":
         return (0, 0, 0, 0)
@@ -69,7 +70,7 @@ def _resolve_pads(attrs: dict, hw: Shape, kernel, strides, dilations) -> tuple[i
             begin.append(small if auto == "SAME_UPPER" else big)
             end.append(big if auto == "SAME_UPPER" else small)
         return (begin[0], begin[1], end[0], end[1])
-    raise UnsupportedOpError(f"auto_pad={auto!r} is not supported")
+    raise UnsupportedOpError(f"node {node.name!r}: auto_pad={auto!r} is not supported")
 
 
 # ---------------------------------------------------------------- shape inference
@@ -79,9 +80,14 @@ def _infer_conv(node, s):
     if len(x) != 4 or len(w) != 4:
         raise UnsupportedOpError(f"node {node.name!r}: only 2-D convolution (NCHW) is supported, got input {x}")
     g = _conv_geometry(node, x, w)
+    if tuple(g["kernel"]) != tuple(w[2:]):
+        raise ModelError(f"node {node.name!r}: kernel_shape {list(g['kernel'])} differs from the weights' "
+                         f"{list(w[2:])}")
     group = int(node.attrs.get("group", 1))
     if x[1] != w[1] * group:
         raise ModelError(f"node {node.name!r}: input has {x[1]} channels, weights expect {w[1]}x{group} groups")
+    if len(s) > 2 and tuple(s[2]) != (w[0],):
+        raise ModelError(f"node {node.name!r}: bias has shape {s[2]}, need ({w[0]},) for {w[0]} output channels")
     ho, wo = K.conv_output_hw(x[2], x[3], g["kernel"], g["strides"], g["pads"], g["dilations"])
     return [(x[0], w[0], ho, wo)]
 
@@ -94,7 +100,7 @@ def _infer_pool(node, s):
     kernel = _ints(a["kernel_shape"])
     strides = _ints(a.get("strides"))
     dil = _ints(a.get("dilations"))
-    pads = _resolve_pads(a, x[2:], kernel, strides, dil)
+    pads = _resolve_pads(node, x[2:], kernel, strides, dil)
     ho, wo = K.pool_output_hw(x[2], x[3], kernel, strides, pads, dil, bool(a.get("ceil_mode", 0)))
     return [(x[0], x[1], ho, wo)]
 
@@ -109,7 +115,16 @@ def _infer_gemm(node, s):
     n = b[0] if node.attrs.get("transB", 0) else b[1]
     if ka != kb:
         raise ModelError(f"node {node.name!r}: Gemm inner sizes differ ({ka} vs {kb})")
+    if len(s) > 2 and _broadcast_to(s[2], (m, n)) != (m, n):
+        raise ModelError(f"node {node.name!r}: Gemm C of shape {s[2]} does not broadcast to {(m, n)}")
     return [(m, n)]
+
+
+def _broadcast_to(a: Shape, b: Shape) -> Shape | None:
+    try:
+        return tuple(np.broadcast_shapes(a, b))
+    except ValueError:
+        return None
 
 
 def _infer_matmul(node, s):
@@ -123,8 +138,15 @@ def _infer_broadcast(node, s):
         raise ModelError(f"node {node.name!r}: shapes {s} do not broadcast") from err
 
 
+def _axis(node, axis, rank: int) -> int:
+    """``axis`` in [-rank, rank) made non-negative, else a ModelError naming the node."""
+    if not -rank <= int(axis) < rank:
+        raise ModelError(f"node {node.name!r} ({node.op}): axis {axis} is out of range for rank {rank}")
+    return int(axis) % rank
+
+
 def _infer_concat(node, s):
-    axis = int(node.attrs.get("axis", 1)) % len(s[0])
+    axis = _axis(node, node.attrs.get("axis", 1), len(s[0]))
     base = list(s[0])
     for other in s[1:]:
         if len(other) != len(base) or any(o != b for i, (o, b) in enumerate(zip(other, base)) if i != axis):
@@ -134,8 +156,7 @@ def _infer_concat(node, s):
 
 
 def _infer_flatten(node, s):
-    axis = int(node.attrs.get("axis", 1)) % (len(s[0]) + 1)
-    return [(int(np.prod(s[0][:axis], dtype=np.int64)), int(np.prod(s[0][axis:], dtype=np.int64)))]
+    return [K.flatten(np.empty(s[0], np.float32), int(node.attrs.get("axis", 1))).shape]
 
 
 def _infer_reshape(node, s):
@@ -145,7 +166,10 @@ def _infer_reshape(node, s):
 def _infer_unsqueeze(node, s):
     shape = list(s[0])
     rank = len(shape) + len(node.attrs["axes"])
-    for axis in sorted(int(a) % rank for a in node.attrs["axes"]):
+    axes = sorted(_axis(node, a, rank) for a in node.attrs["axes"])
+    if len(set(axes)) != len(axes):
+        raise ModelError(f"node {node.name!r} (Unsqueeze): axes {list(node.attrs['axes'])} repeat an axis")
+    for axis in axes:
         shape.insert(axis, 1)
     return [tuple(shape)]
 
@@ -154,13 +178,36 @@ def _infer_squeeze(node, s):
     axes = node.attrs.get("axes")
     if axes is None:
         return [tuple(d for d in s[0] if d != 1)]
-    axes = {int(a) % len(s[0]) for a in axes}
+    axes = {_axis(node, a, len(s[0])) for a in axes}
+    if any(s[0][a] != 1 for a in axes):
+        raise ModelError(f"node {node.name!r} (Squeeze): axes {sorted(axes)} of shape {s[0]} are not all 1")
     return [tuple(d for i, d in enumerate(s[0]) if i not in axes)]
 
 
 def _infer_transpose(node, s):
     perm = node.attrs.get("perm") or list(range(len(s[0])))[::-1]
+    if sorted(int(p) for p in perm) != list(range(len(s[0]))):
+        raise ModelError(f"node {node.name!r} (Transpose): perm {list(perm)} is not a permutation of {len(s[0])} axes")
     return [tuple(s[0][p] for p in perm)]
+
+
+def _infer_bn(node, s):
+    channels = (s[0][1],) if len(s[0]) > 1 else None
+    if len(s) != 5 or any(tuple(p) != channels for p in s[1:5]):
+        raise ModelError(f"node {node.name!r} (BatchNormalization): scale, bias, mean and var must each have "
+                         f"shape {channels} for input {s[0]}, got {s[1:]}")
+    return [s[0]]
+
+
+def _infer_softmax(node, s):
+    _axis(node, node.attrs.get("axis", -1), len(s[0]))
+    return [s[0]]
+
+
+def _infer_lrn(node, s):
+    if int(node.attrs.get("size", 0)) < 1:
+        raise ModelError(f"node {node.name!r} (LRN): attribute 'size' (a positive int) is required")
+    return [s[0]]
 
 
 def _same(node, s):
@@ -194,7 +241,7 @@ def _bind_pool(b: Binding):
     kernel = _ints(a["kernel_shape"])
     strides = _ints(a.get("strides"))
     dil = _ints(a.get("dilations"))
-    pads = _resolve_pads(a, b.in_shapes[0][2:], kernel, strides, dil)
+    pads = _resolve_pads(node, b.in_shapes[0][2:], kernel, strides, dil)
     ceil = bool(a.get("ceil_mode", 0))
     ws = b.workspace
     if node.op == "MaxPool":
@@ -373,18 +420,19 @@ class OpSpec:
     infer: Callable[[Node, list[Shape]], list[Shape]]
     bind: Callable[[Binding], Callable[[list], None]]
     kind: str   # cost-model category
+    const_inputs: tuple[int, ...] = ()   # inputs the kernel binds as constants (weights)
 
 
 OPS: dict[str, OpSpec] = {
-    "Conv": OpSpec(_infer_conv, _bind_conv, "conv"),
+    "Conv": OpSpec(_infer_conv, _bind_conv, "conv", const_inputs=(1, 2)),
     "MaxPool": OpSpec(_infer_pool, _bind_pool, "pool"),
     "AveragePool": OpSpec(_infer_pool, _bind_pool, "pool"),
     "GlobalAveragePool": OpSpec(_infer_global, _bind_unary(K.global_avg_pool), "pool"),
     "GlobalMaxPool": OpSpec(_infer_global, _bind_unary(K.global_max_pool), "pool"),
     "Gemm": OpSpec(_infer_gemm, _bind_gemm, "fc"),
     "MatMul": OpSpec(_infer_matmul, _bind_binary(K.matmul), "fc"),
-    "BatchNormalization": OpSpec(_same, _bind_bn, "elementwise"),
-    "LRN": OpSpec(_same, _bind_lrn, "lrn"),
+    "BatchNormalization": OpSpec(_infer_bn, _bind_bn, "elementwise", const_inputs=(1, 2, 3, 4)),
+    "LRN": OpSpec(_infer_lrn, _bind_lrn, "lrn"),
     "Concat": OpSpec(_infer_concat, _bind_concat, "memory"),
     "Add": OpSpec(_infer_broadcast, _bind_binary(K.add), "elementwise"),
     "Mul": OpSpec(_infer_broadcast, _bind_binary(K.mul), "elementwise"),
@@ -392,8 +440,8 @@ OPS: dict[str, OpSpec] = {
     "Relu": OpSpec(_same, _bind_unary(K.relu), "elementwise"),
     "Clip": OpSpec(_same, _bind_clip, "elementwise"),
     "Sigmoid": OpSpec(_same, _bind_unary(K.sigmoid), "elementwise"),
-    "Softmax": OpSpec(_same, _bind_softmax(K.softmax), "elementwise"),
-    "LogSoftmax": OpSpec(_same, _bind_softmax(K.log_softmax), "elementwise"),
+    "Softmax": OpSpec(_infer_softmax, _bind_softmax(K.softmax), "elementwise"),
+    "LogSoftmax": OpSpec(_infer_softmax, _bind_softmax(K.log_softmax), "elementwise"),
     "Transpose": OpSpec(_infer_transpose, _bind_transpose, "memory"),
     "Flatten": OpSpec(_infer_flatten, _bind_view, "view"),
     "Reshape": OpSpec(_infer_reshape, _bind_view, "view"),
@@ -422,7 +470,7 @@ def workspace_size(node: Node, in_shapes: list[Shape]) -> int:
     if node.op in ("MaxPool", "AveragePool"):
         a = node.attrs
         kernel, strides, dil = _ints(a["kernel_shape"]), _ints(a.get("strides")), _ints(a.get("dilations"))
-        pads = _resolve_pads(a, in_shapes[0][2:], kernel, strides, dil)
+        pads = _resolve_pads(node, in_shapes[0][2:], kernel, strides, dil)
         return int(K.pool_workspace_size(in_shapes[0], kernel, strides=strides, pads=pads, dilations=dil,
                                          ceil_mode=bool(a.get("ceil_mode", 0))))
     return 0

@@ -27,7 +27,7 @@ def optimize(graph: Graph) -> Graph:
 def _const_eval(node: Node, args: list[np.ndarray]) -> np.ndarray:
     a, op = node.attrs, node.op
     if op == "Constant":
-        return np.asarray(a["value"])
+        return _constant_value(node)
     if op == "ConstantOfShape":
         value = np.asarray(a.get("value", np.zeros(1, np.float32))).reshape(-1)
         return np.full(tuple(int(d) for d in args[0]), value[0], dtype=value.dtype)
@@ -36,8 +36,7 @@ def _const_eval(node: Node, args: list[np.ndarray]) -> np.ndarray:
     if op == "Reshape":
         return K.reshape(args[0], a["shape"])
     if op == "Flatten":
-        axis = int(a.get("axis", 1))
-        return args[0].reshape(int(np.prod(args[0].shape[:axis])), -1)
+        return K.flatten(args[0], int(a.get("axis", 1)))
     if op == "Unsqueeze":
         out = args[0]
         for axis in sorted(int(x) % (out.ndim + len(a["axes"])) for x in a["axes"]):
@@ -56,6 +55,19 @@ def _const_eval(node: Node, args: list[np.ndarray]) -> np.ndarray:
     if op == "Cast":
         return args[0]
     raise UnsupportedOpError(f"cannot evaluate constant node {node.name!r} ({op})")
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    """The value of a Constant node, whichever of ONNX's value attributes holds it."""
+    a = node.attrs
+    if "value" in a:
+        return np.asarray(a["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype=dtype)
+    raise UnsupportedOpError(f"node {node.name!r} (Constant): value attribute {sorted(a)} is not supported "
+                             f"(need value, value_float(s) or value_int(s))")
 
 
 def fold_constants(graph: Graph) -> Graph:
@@ -86,14 +98,16 @@ def remove_noops(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node.op in NOOP_OPS and node.inputs[0] not in graph.weights:
             src, dst = node.inputs[0], node.outputs[0]
+            if dst == graph.output_name and src == graph.input_name:
+                # NOTE: input straight to output: no producer to rename, so the node stays as a copy
+                node.op, node.inputs, node.outputs, node.attrs = "Identity", [src], [dst], {}
+                kept.append(node)
+                continue
             if dst == graph.output_name:
                 # keep the graph's output name: rename the producer's output instead
                 for other in kept:
                     other.outputs = [dst if o == src else o for o in other.outputs]
                 _rename_input(graph, src, dst)
-                if graph.input_name == src:
-                    kept.append(node)
-                    continue
             else:
                 _rename_input(graph, dst, src)
             continue
@@ -107,6 +121,12 @@ def _sole_consumer(graph: Graph, tensor: str) -> Node | None:
     if len(users) != 1 or tensor == graph.output_name:
         return None
     return users[0]
+
+
+def _fresh_weight_name(graph: Graph, name: str) -> str:
+    while name in graph.weights:
+        name += "_"
+    return name
 
 
 def fold_batch_norms(graph: Graph) -> Graph:
@@ -124,7 +144,8 @@ def fold_batch_norms(graph: Graph) -> Graph:
         b = graph.weights[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
         scale, shift, mean, var = (graph.weights[i] for i in bn.inputs[1:5])
         w2, b2 = K.fold_batch_norm(w, b, scale, shift, mean, var, epsilon=float(bn.attrs.get("epsilon", 1e-5)))
-        wname, bname = f"{node.name}/folded_w", f"{node.name}/folded_b"
+        # NOTE: fresh names, as node names may repeat; the first keeps NAME/folded_w (shipped hints hash it)
+        wname, bname = (_fresh_weight_name(graph, f"{node.name}/{k}") for k in ("folded_w", "folded_b"))
         graph.weights[wname], graph.weights[bname] = w2, b2
         node.inputs = [node.inputs[0], wname, bname]
         node.outputs = [bn.outputs[0]]
@@ -176,6 +197,10 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     shapes[graph.input_name] = tuple(graph.input_shape)
     for node in graph.nodes:
         spec = ops.spec(node)
+        for i in spec.const_inputs:
+            if i < len(node.inputs) and node.inputs[i] and node.inputs[i] not in graph.weights:
+                raise UnsupportedOpError(f"node {node.name!r} ({node.op}): weights must be constant, "
+                                         f"input {i} is tensor {node.inputs[i]!r}")
         in_shapes = [shapes[i] for i in node.inputs if i]
         try:
             outs = spec.infer(node, in_shapes)
