@@ -211,3 +211,11 @@ def test_batch_norm_folding_with_repeated_node_names():
     x = frame(unfolded)
     ref = unfolded.run(x)
     assert float(np.max(np.abs(folded.run(x) - ref)) / np.max(np.abs(ref))) <= 1e-4
+
+
+def test_an_unwritable_model_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be\n")
+    monkeypatch.setenv("TUNERD_CACHE_DIR", str(blocker))
+    with pytest.raises(ModelError, match="cannot store the optimised model in .*TUNERD_CACHE_DIR"):
+        tunerd.load_model("zoo:squeezenet", input_size=32)

@@ -160,7 +160,11 @@ def load_model(source: str | os.PathLike, *, input_size: int | None = None, stor
     target = cache_dir() / "models" / model.hash[:20]
     if not (target / GRAPH_FILE).exists():
         log.info("storing %s in %s", source, target)
-        model.save(target)
+        try:
+            model.save(target)
+        except OSError as err:
+            raise ModelError(f"cannot store the optimised model in {target}: {err.strerror or err} "
+                             f"(TUNERD_CACHE_DIR names another place)") from err
     stored = Model.open(target)
     stored.source = source
     return stored
