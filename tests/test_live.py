@@ -242,3 +242,23 @@ def test_a_pin_takes_effect_during_a_window():
     tuner.state, tuner.pinned = states.PINNED, pinned          # what Tuner.pin does
     live.step()
     assert str(pipe.config) == pinned and live.evaluating is None and not tuner.told
+
+
+def test_after_unpin_the_best_is_served_again():
+    best, pinned = "0-3@big:1", "0-3@little:1"
+    pipe, tuner, now = FakePipeline(pinned), OneShot(best), [0.0]
+    converged = []
+    live = LiveTuning(tuner, pipe, policy=WindowPolicy(warmup=0, min_frames=1, max_frames=1), clock=lambda: now[0],
+                      on_converged=lambda config, fps: converged.append(str(config)))
+    live.step()
+    live.on_outcomes([_frame(pipe.epoch, 0, [2.0], [1.0])])
+    live.step()
+    tuner.state = states.CONVERGED
+    live.step()
+    assert str(pipe.config) == best and converged == [best]
+    tuner.state, tuner.pinned = states.PINNED, pinned          # what Tuner.pin does
+    live.step()
+    assert str(pipe.config) == pinned
+    tuner.state, tuner.pinned = states.CONVERGED, None         # what Tuner.unpin does
+    live.step()
+    assert str(pipe.config) == best and converged == [best, best]

@@ -306,3 +306,19 @@ def test_cost_table_soften_and_round_trip():
     assert count[3, 0] == 1 and mean[3, 0] == pytest.approx(5.0 / 1.02)
     cost.add("A", 1, np.array([3]), np.array([8.0 * 1.02]), workers=2)
     assert cost.cells("A")[1][3, 0] == pytest.approx((5.0 + 8.0 * 1.02) / 2 / 1.02)
+
+
+def test_a_retune_before_the_first_search_only_changes_the_speeds():
+    config = parse_config("0-4@denver:2 | 5-9@a57:4")
+    for pin_first in (False, True):
+        tuner = _tuner(budget=20)
+        if pin_first:
+            tuner.pin(config)
+        before = tuner.surrogate().fps(config)
+        tuner.retune({"a57": 0.5})
+        assert tuner.retunes == 0 and tuner.speeds["a57"] == 0.5
+        assert tuner.surrogate().fps(config) < before          # the first search runs at the new speeds
+        tuner.unpin()
+        assert tuner.state == states.IDLE
+        tuner.ask()
+        assert tuner.state == states.TUNING and tuner.episode_budget == 20

@@ -226,6 +226,8 @@ class LiveTuning:
                 self.tuner.tell(w.config, fps, unit_times=self._unit_times(w) or None)
             self._window = None
         if self.tuner.state == states.PINNED:
+            # NOTE: the pin replaced the best in the pipeline: on unpin the best is switched to again
+            self._serving_best = False
             if self.tuner.pinned != str(self.pipeline.config):     # (no parse per tick when it is)
                 self._switch(parse_config(self.tuner.pinned))
             return

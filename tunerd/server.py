@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
 REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
 MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
 HISTORY_FPS = 60        # evaluations shown in status' sparkline data
+HISTORY_LIMIT = 1000    # evaluations a `history` without a limit returns (the last ones)
 PLACEMENT_INTERVAL_S = 1.0  # how often the daemon re-decides where its own threads run (Pipeline.place_host)
 
 
@@ -55,6 +57,14 @@ def _ipc_in_use(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+def _is_socket(path: Path) -> bool:
+    """Whether ``path`` itself (not what a link points to) is a unix socket."""
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _readable(sock: zmq.Socket) -> bool:
@@ -74,9 +84,10 @@ class _Request:
 class Daemon:
     def __init__(self, cfg: DaemonConfig, *, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, hints_provider: Callable | None = None,
-                 config_path: str | None = None):
+                 config_path: str | None = None, overrides: dict | None = None):
         self.cfg = cfg
         self.config_path = config_path    # re-read on SIGHUP
+        self.overrides = dict(overrides or {})   # the command line's settings: they win over the file again
         self.clock = clock
         self.notify = notifier or Notifier.from_env()
         self._watchdog_s = watchdog_interval()
@@ -164,13 +175,21 @@ class Daemon:
         return f"0-{len(self.model.units) - 1}@{biggest.name}:{biggest.cores}"
 
     def _check_single_instance(self) -> None:
-        """Refuse to start beside a live daemon; clear a stale ipc socket left by a crash."""
+        """Refuse to start beside a live daemon, or on a path that is not a socket; clear a stale ipc
+        socket left by a crash."""
         for addr in (self.cfg.frames, self.cfg.control):
             if not addr.startswith("ipc://"):
                 continue
             path = Path(addr[len("ipc://"):])
-            if not path.exists():
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
                 continue
+            except OSError as err:
+                raise ConfigError(f"cannot check {path} ({addr}): {err}") from err
+            if not stat.S_ISSOCK(mode):
+                # NOTE: an address that names some other file is an operator's typo: never delete it
+                raise ConfigError(f"{path} exists and is not a socket: refusing to serve on {addr}")
             # NOTE: a plain connect tells a live socket from a stale file whatever the peer speaks; a
             # control `hello` failed against a CURVE daemon (no keys) and the frames socket went
             # unchecked, so a second daemon removed a live one's sockets and took them over.
@@ -369,13 +388,17 @@ class Daemon:
             except zmq.Again:
                 return
             identity, frames = msg[0], msg[1:]
+            req_id = None
             try:
                 req = protocol.decode_control_request(frames)
-                reply = protocol.encode_control_ok(self._command(req.cmd, req.args), id=req.id)
+                req_id = req.id
+                reply = protocol.encode_control_ok(self._command(req.cmd, req.args), id=req_id)
             except protocol.ProtocolError as err:
-                reply = protocol.encode_control_error(err.code, err.message, id=err.id)
+                # NOTE: errors raised by a command carry no id of their own: the request's is echoed
+                reply = protocol.encode_control_error(err.code, err.message,
+                                                      id=err.id if err.id is not None else req_id)
             except TunerdError as err:
-                reply = protocol.encode_control_error(protocol.BAD_CONFIG, str(err))
+                reply = protocol.encode_control_error(protocol.BAD_CONFIG, str(err), id=req_id)
             try:
                 self.control.send_multipart([identity, reply], flags=zmq.NOBLOCK)
             except zmq.ZMQError as err:
@@ -401,7 +424,11 @@ class Daemon:
             self.tuner.unpin()
             return {"state": self.tuner.state}
         if cmd == protocol.HISTORY:
-            return {"history": self.tuner.history[-1000:]}
+            limit = args.get("limit", HISTORY_LIMIT)
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise protocol.ProtocolError(protocol.BAD_ARGUMENT, "history's 'limit' must be an int >= 0")
+            history = self.tuner.history
+            return {"history": history[max(0, len(history) - limit):]}
         raise protocol.ProtocolError(protocol.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
 
     def status(self) -> dict:
@@ -417,7 +444,7 @@ class Daemon:
             "bottleneck": stats["bottleneck"], "restarts": stats["restarts"],
             "host_cpus": list(self.pipeline.host_placement) or None,
             "history_fps": [h["fps"] for h in self.tuner.history[-HISTORY_FPS:]],
-            "platform": {**self.platform.to_dict(), "spec": self.cfg.spec},
+            "platform": self._platform_now(),
             "speeds": self.monitor.speed_factors(), "frequencies": self.monitor.frequencies(),
             "model": {"name": self.model.name, "source": self.model.source, "hash": self.model.hash,
                       "units": len(self.model.units)},
@@ -425,14 +452,32 @@ class Daemon:
             "events": list(self.events), "version": __version__,
         }
 
+    def _platform_now(self) -> dict:
+        """The platform map with each cluster's speed, current frequency and frequency cap
+        (``cap_khz``, scaling_max_freq) as the monitor reads them now; the platform itself holds
+        those of start-up. ``max_khz`` stays the hardware maximum (cpuinfo_max_freq)."""
+        speeds, freqs = self.monitor.speed_factors(), self.monitor.frequencies()
+        out = {**self.platform.to_dict(), "spec": self.cfg.spec}
+        for c in out["clusters"]:
+            now = freqs.get(c["name"], {})
+            c["speed"] = speeds.get(c["name"], c["speed"])
+            c["cur_khz"] = now.get("cur_khz") or c["cur_khz"]
+            c["cap_khz"] = now.get("max_khz") or c["max_khz"]
+        return out
+
     # ------------------------------------------------------------------ tuning events
     def _relative_speeds(self) -> dict[str, float]:
         return {name: s / self._nominal[name] for name, s in self.monitor.speed_factors().items()}
 
     def _retune(self, reason: str) -> None:
         log.info("retuning: %s", reason)
-        stored = self.store.load_tuned(self.model.hash, self.platform_sig, self.monitor.freq_state())
         self.live.retune(self._relative_speeds())
+        if self.tuner.state == states.PINNED:
+            # NOTE: the tuner keeps the retune (at the new speeds) for unpin; adopting a stored
+            # best now would end the pin
+            log.info("pinned: the retune starts on unpin")
+            return
+        stored = self.store.load_tuned(self.model.hash, self.platform_sig, self.monitor.freq_state())
         if stored:
             try:
                 config = validate(parse_config(stored["config"]), len(self.model.units), self.platform.clusters)
@@ -444,9 +489,15 @@ class Daemon:
     def _on_converged(self, config, fps: float) -> None:
         log.info("converged: %s at %.2f fps after %d evaluations", config, fps, self.tuner.evaluations)
         self.monitor.set_converged(fps)
-        self.store.save_tuned(self.model.hash, self.platform_sig, self.monitor.freq_state(),
-                              config=str(config), fps=float(fps),
-                              extra={"evaluations": self.tuner.evaluations, "saved_at": time.time()})
+        freq_state = self.monitor.freq_state()
+        try:
+            self.store.save_tuned(self.model.hash, self.platform_sig, freq_state,
+                                  config=str(config), fps=float(fps),
+                                  extra={"evaluations": self.tuner.evaluations, "saved_at": time.time()})
+        except OSError as err:
+            # NOTE: persistence is best-effort: a full or read-only disk must not stop the serving
+            log.error("cannot save the tuned config to %s: %s",
+                      self.store.tuned_path(self.model.hash, self.platform_sig, freq_state), err)
 
     def _capacity_fps(self) -> float | None:
         """What the running config sustains now, by the stages' own recent compute times: the same
@@ -465,7 +516,7 @@ class Daemon:
             for e in events:
                 log.info("monitor: %s %s: %s", e.kind, e.source, e.detail)
                 self.events.append(e.to_dict())
-            if events and self.tuner.state != states.PINNED:
+            if events:
                 self._retune("; ".join(f"{e.source}: {e.detail}" for e in events))
         interval = self._watchdog_s
         if interval and now - self._last_watchdog >= interval:
@@ -486,7 +537,7 @@ class Daemon:
     def reload(self) -> None:
         from .config import load_config
         try:
-            fresh = load_config(self.config_path, required=False) if self.config_path else None
+            fresh = load_config(self.config_path, self.overrides, required=False) if self.config_path else None
         except TunerdError as err:
             log.error("reload failed, keeping the running config: %s", err)
             return
@@ -534,8 +585,9 @@ class Daemon:
         if self._ctx is not None:
             for addr, sock in ((self.cfg.frames, self.frames), (self.cfg.control, self.control)):
                 sock.close(linger=0)
-                if addr.startswith("ipc://"):
-                    Path(addr[len("ipc://"):]).unlink(missing_ok=True)
+                # NOTE: only a socket is removed: whatever else is there now is not ours to delete
+                if addr.startswith("ipc://") and _is_socket(path := Path(addr[len("ipc://"):])):
+                    path.unlink(missing_ok=True)
             if self.cfg.curve_secret_key_file:
                 # NOTE: the ZAP handler's thread holds sockets of this context: term() would wait for ever
                 from .security import stop_curve_server

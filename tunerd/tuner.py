@@ -471,15 +471,20 @@ class Tuner:
     def retune(self, speed_factors: Mapping[str, float] | None = None) -> None:
         """Search again, warm-started, after a frequency change: ``speed_factors`` maps cluster
         names to their speed relative to nominal (0.6 = 60% of the hints' frequency); clusters
-        not named keep theirs. With no factors (throughput drift), just search again."""
+        not named keep theirs. With no factors (throughput drift), just search again. Before the
+        first search (idle, or pinned before any) only the speeds change; while pinned the search
+        starts on unpin."""
         for name, factor in (speed_factors or {}).items():
             if name not in self.speeds:
                 raise ConfigError(f"unknown cluster {name!r} (clusters: {', '.join(self.speeds)})")
             if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
                 raise ConfigError(f"speed factor for {name!r} must be > 0, got {factor!r}")
             self.speeds[name] = float(factor)
-        self.cost.soften(1)
         self._model = self._optimistic_model = self._estimates_cache = None
+        if self.state == states.IDLE or (self.state == states.PINNED and self._before_pin == states.IDLE):
+            # NOTE: no search has started: the first one runs at the new speeds with its full budget
+            return
+        self.cost.soften(1)
         self.measured = {}
         self.queue = []
         self.pending = []
@@ -489,8 +494,6 @@ class Tuner:
         self.retunes += 1
         if self.state == states.PINNED:
             self._before_pin = states.RETUNING
-        elif self.state == states.IDLE:
-            pass
         else:
             self.state = states.RETUNING
             if not self.population:
@@ -514,7 +517,7 @@ class Tuner:
         best = self.best
         serving = self.pinned or (str(best[0]) if best else None)
         return {"state": self.state, "config": serving,
-                "best": {"config": str(best[0]), "fps": best[1]} if best else None,
+                "best": {"config": str(best[0]) if best else None, "fps": best[1] if best else None},
                 "evaluations": self.evaluations, "retunes": self.retunes,
                 "generation": self.generation, "speeds": dict(self.speeds)}
 

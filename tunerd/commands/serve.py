@@ -30,14 +30,15 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..server import Daemon
     path = args.config or DEFAULT_CONFIG_FILE
-    cfg = load_config(path, {
+    overrides = {
         "source": args.model, "input_size": args.input_size, "spec": args.platform, "frames": args.frames,
         "control": args.control, "sysfs_root": args.sysfs_root, "state_dir": args.state_dir,
         "log_level": args.log_level, "budget": args.budget, "seed": args.seed, "pin": args.pin,
-    }, required=bool(args.config))
+    }
+    cfg = load_config(path, overrides, required=bool(args.config))
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(cfg, config_path=path)
+    daemon = Daemon(cfg, config_path=path, overrides=overrides)   # SIGHUP applies the flags again
     try:
         daemon.start()
     except BaseException:
