@@ -147,6 +147,33 @@ def test_pin_and_unpin():
     assert tuner.state == states.RETUNING and tuner.ask() is not None
 
 
+def test_a_stored_best_adopted_while_pinned_waits_for_unpin():
+    tuner = _tuner(budget=20)
+    sim = SimulatedBoard(TX2, tuner.cost.predicted, seed=0)
+    _drive(tuner, sim, 2)
+    pinned, stored = "0-4@denver:2 | 5-9@a57:4", "0-9@a57:4"
+    tuner.pin(pinned)
+    tuner.adopt(stored, 10.0)
+    assert tuner.state == states.PINNED and tuner.status()["config"] == pinned and tuner.ask() is None
+    tuner.unpin()
+    assert tuner.state in states.SEARCHING and str(tuner.ask()) == stored      # verified first
+
+
+def test_a_retune_forgets_the_stored_best_expected_at_the_old_speeds():
+    tuner = _tuner(budget=20)
+    sim = SimulatedBoard(TX2, tuner.cost.predicted, seed=0)
+    stored = "0-9@a57:4"
+    tuner.adopt(stored, 10.0)
+    tuner.retune({"a57": 0.5})                 # before the stored best was measured
+    for _ in range(5):
+        config = tuner.ask()
+        if str(config) == stored:
+            break
+        tuner.tell(config, sim.measure(config)[0])
+    tuner.tell(parse_config(stored), 50.0)     # well above what was expected at the old speeds
+    assert tuner.state == states.RETUNING      # not taken as the stored best holding up
+
+
 def test_checkpoint_round_trip_resumes_identically():
     a = _tuner(board=HIKEY, n=9, seed=5, budget=30)
     sim_a = SimulatedBoard(HIKEY, a.cost.predicted, seed=5)

@@ -457,9 +457,16 @@ class Tuner:
             config = parse_config(config)
         validate(config, self.n_units, self.clusters)
         key = str(config)
-        if self.state in (states.PINNED, states.CONVERGED):
+        if self.state == states.PINNED:
+            # NOTE: the pin holds; the stored best is verified first when it is lifted
+            if self._before_pin == states.IDLE:
+                self._before_pin = states.TUNING
+                self._seed()
+            elif self._before_pin == states.CONVERGED:
+                self._before_pin = states.RETUNING
+        elif self.state == states.CONVERGED:
             self.state = states.RETUNING
-        if self.state == states.IDLE:
+        elif self.state == states.IDLE:
             self.state = states.TUNING
             self._seed()
         if key in self.queue:
@@ -488,6 +495,7 @@ class Tuner:
         self.measured = {}
         self.queue = []
         self.pending = []
+        self._verify = None     # a stored best was expected at the old speeds: not at the new ones
         self.episode_evaluations = 0
         self.episode_budget = self.params["retune_budget"]
         self._ref_best, self._stale, self._idle = 0.0, 0, 0
