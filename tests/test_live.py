@@ -14,7 +14,7 @@ from tunerd.costtable import CostTable as MeasuredTable
 from tunerd.fakesysfs import make_emulated_tree
 from tunerd.live import LiveTuning, WindowPolicy, _Window
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.pipeline import Outcome, Pipeline, StageTiming
+from tunerd.pipeline import Outcome, Pipeline, PipelineError, StageTiming
 from tunerd.platform import resolve_platform
 from tunerd.tuner import Tuner
 
@@ -262,3 +262,15 @@ def test_after_unpin_the_best_is_served_again():
     tuner.state, tuner.pinned = states.CONVERGED, None         # what Tuner.unpin does
     live.step()
     assert str(pipe.config) == best and converged == [best, best]
+
+
+def test_a_candidate_that_cannot_start_scores_zero_and_the_old_config_serves():
+    config = "0-3@little:1"
+    pipe, tuner = FakePipeline("0-3@big:1"), OneShot(config)
+
+    def cannot_start(config):
+        raise PipelineError(f"cannot start {config} (OSError: [Errno 24] Too many open files)")
+    pipe.reconfigure = cannot_start
+    live = LiveTuning(tuner, pipe)
+    live.step()
+    assert tuner.told == [(config, 0.0, None)] and str(pipe.config) == "0-3@big:1" and live.evaluating is None

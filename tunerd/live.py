@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from . import tuner_states as states
+from .errors import TunerdError
 from .pipeconfig import PipelineConfig, parse_config
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,14 @@ class LiveTuning:
         candidate = self.tuner.ask()
         if candidate is not None:
             self._serving_best = False
-            epoch = self._switch(candidate, force=True)
+            try:
+                epoch = self._switch(candidate, force=True)
+            except TunerdError as err:
+                # NOTE: a config whose stages cannot start (out of processes, memory, descriptors)
+                # serves no frame: it scores 0 fps, and the running config goes on serving
+                log.warning("cannot evaluate %s: %s", candidate, err)
+                self.tuner.tell(candidate, 0.0)
+                return
             self._window = _Window(candidate, epoch, self.clock())
             return
         best = self.tuner.best
