@@ -443,6 +443,11 @@ def _parse_speed(name: str, text: str) -> float:
 
 # --- resolution ---------------------------------------------------------------------------------
 
+def is_host_sysfs(sysfs_root: str | os.PathLike) -> bool:
+    """Whether ``sysfs_root`` is this machine's own /sys (not a fake or emulated tree)."""
+    return os.path.realpath(sysfs_root) == "/sys"
+
+
 def resolve_platform(spec: str | PlatformSpec = "auto", *, sysfs_root: str | os.PathLike = "/sys",
                      proc_root: str | os.PathLike | None = None,
                      available_cpus=None) -> Platform:
@@ -451,7 +456,7 @@ def resolve_platform(spec: str | PlatformSpec = "auto", *, sysfs_root: str | os.
     parsed = spec if isinstance(spec, PlatformSpec) else parse_platform_spec(spec)
     if parsed.kind == "auto":
         # NOTE: a fake tree describes another machine: this process's CPU set says nothing of it
-        if available_cpus is None and os.path.realpath(sysfs_root) == "/sys":
+        if available_cpus is None and is_host_sysfs(sysfs_root):
             available_cpus = os.sched_getaffinity(0)
         return discover(sysfs_root, proc_root, available_cpus)
     if parsed.kind == "emulate":
@@ -472,7 +477,7 @@ def emulated_platform(spec: PlatformSpec, *, sysfs_root: str | os.PathLike = "/s
     # NOTE: emulated DVFS follows the cpufreq files of an emulated tree (--sysfs-root); under the
     # host's own /sys those are the host's real, governor-driven frequencies, which already act on
     # the real cores: SPEED stays constant there
-    follow = os.path.realpath(sysfs_root) != "/sys"
+    follow = not is_host_sysfs(sysfs_root)
     clusters = []
     for c in sorted(spec.clusters, key=lambda c: (c.speed, c.cpus[0])):
         policy = f"{CPUFREQ_DIR}/policy{c.cpus[0]}"
