@@ -79,6 +79,14 @@ class Graph:
         return h.hexdigest()
 
 
+def fresh_name(base: str, taken) -> str:
+    """``base``, with ``_`` appended until it is not in ``taken`` (node and tensor names must be unique)."""
+    name = base
+    while name in taken:
+        name += "_"
+    return name
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import ops
 from .errors import ModelError, UnsupportedOpError
-from .graph import Graph, Node
+from .graph import Graph, Node, fresh_name
 
 EXPORT_OPSET = 13
 
@@ -102,9 +102,7 @@ def _node_names(nodes, path) -> list[str]:
     for i, n in enumerate(nodes):
         name = n.name
         if not name:
-            name = f"{n.op_type}_{i}"
-            while name in taken:
-                name += "_"
+            name = fresh_name(f"{n.op_type}_{i}", taken)
             taken.add(name)
         names.append(name)
     return names
@@ -225,9 +223,7 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None):
     node_names = set()
 
     def fresh(base, taken):
-        name = base
-        while name in taken:
-            name += "_"
+        name = fresh_name(base, taken)
         taken.add(name)
         return name
 

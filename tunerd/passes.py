@@ -9,7 +9,7 @@ import numpy as np
 from . import kernels as K
 from . import ops
 from .errors import ModelError, UnsupportedOpError
-from .graph import Graph, Node
+from .graph import Graph, Node, fresh_name
 
 NOOP_OPS = frozenset({"Dropout", "Identity"})
 
@@ -123,12 +123,6 @@ def _sole_consumer(graph: Graph, tensor: str) -> Node | None:
     return users[0]
 
 
-def _fresh_weight_name(graph: Graph, name: str) -> str:
-    while name in graph.weights:
-        name += "_"
-    return name
-
-
 def fold_batch_norms(graph: Graph) -> Graph:
     """Conv followed only by BatchNormalization: scale the conv's weights and bias instead."""
     removed = set()
@@ -145,7 +139,7 @@ def fold_batch_norms(graph: Graph) -> Graph:
         scale, shift, mean, var = (graph.weights[i] for i in bn.inputs[1:5])
         w2, b2 = K.fold_batch_norm(w, b, scale, shift, mean, var, epsilon=float(bn.attrs.get("epsilon", 1e-5)))
         # NOTE: fresh names, as node names may repeat; the first keeps NAME/folded_w (shipped hints hash it)
-        wname, bname = (_fresh_weight_name(graph, f"{node.name}/{k}") for k in ("folded_w", "folded_b"))
+        wname, bname = (fresh_name(f"{node.name}/{k}", graph.weights) for k in ("folded_w", "folded_b"))
         graph.weights[wname], graph.weights[bname] = w2, b2
         node.inputs = [node.inputs[0], wname, bname]
         node.outputs = [bn.outputs[0]]
