@@ -274,3 +274,24 @@ def test_a_candidate_that_cannot_start_scores_zero_and_the_old_config_serves():
     live = LiveTuning(tuner, pipe)
     live.step()
     assert tuner.told == [(config, 0.0, None)] and str(pipe.config) == "0-3@big:1" and live.evaluating is None
+
+
+def test_a_pin_that_cannot_start_is_tried_again_later_and_the_old_config_serves():
+    pinned, now = "0-3@little:1", [0.0]
+    pipe, tuner = FakePipeline("0-3@big:1"), OneShot(pinned)
+    tuner.state, tuner.pinned = states.PINNED, pinned
+    works, calls = FakePipeline.reconfigure, []
+
+    def flaky(config):
+        calls.append(str(config))
+        if len(calls) == 1:
+            raise PipelineError(f"cannot start {config} (OSError: [Errno 12] Cannot allocate memory)")
+        return works(pipe, config)
+    pipe.reconfigure = flaky
+    live = LiveTuning(tuner, pipe, clock=lambda: now[0])
+    live.step()
+    live.step()                                   # not again at once
+    assert str(pipe.config) == "0-3@big:1" and calls == [pinned]
+    now[0] += 10.0
+    live.step()
+    assert str(pipe.config) == pinned and calls == [pinned, pinned]

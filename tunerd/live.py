@@ -40,6 +40,9 @@ from .pipeconfig import PipelineConfig, parse_config
 log = logging.getLogger(__name__)
 
 
+SERVE_RETRY_S = 5.0     # a pin or best whose stages could not start is tried again after this
+
+
 @dataclass
 class WindowPolicy:
     warmup: int = 2            # frames of a new epoch not measured (caches, first-touch, switch)
@@ -111,6 +114,7 @@ class LiveTuning:
         self.on_converged = on_converged
         self._window: _Window | None = None
         self._serving_best = False
+        self._serve_failed: tuple[str, float] | None = None   # (config, when) a switch to serve it failed
         # per (unit, core type, cores): its mean sampled ms in recent windows (the units' shares)
         self._unit_history: dict[tuple[int, str, int], list[float]] = {}
 
@@ -230,7 +234,7 @@ class LiveTuning:
             # NOTE: the pin replaced the best in the pipeline: on unpin the best is switched to again
             self._serving_best = False
             if self.tuner.pinned != str(self.pipeline.config):     # (no parse per tick when it is)
-                self._switch(parse_config(self.tuner.pinned))
+                self._serve(parse_config(self.tuner.pinned))
             return
         candidate = self.tuner.ask()
         if candidate is not None:
@@ -246,8 +250,7 @@ class LiveTuning:
             self._window = _Window(candidate, epoch, self.clock())
             return
         best = self.tuner.best
-        if best is not None and not self._serving_best:
-            self._switch(best[0])
+        if best is not None and not self._serving_best and self._serve(best[0]):
             self._serving_best = True
             if self.on_converged:
                 self.on_converged(best[0], best[1])
@@ -256,6 +259,22 @@ class LiveTuning:
         if force or str(config) != str(self.pipeline.config):
             return self.pipeline.reconfigure(config)
         return self.pipeline.epoch
+
+    def _serve(self, config: PipelineConfig) -> bool:
+        """Switch to ``config`` to serve it (a pin, the best); False when its stages cannot start,
+        tried again after SERVE_RETRY_S (the running config serves meanwhile)."""
+        now = self.clock()
+        failed = self._serve_failed
+        if failed is not None and failed[0] == str(config) and now - failed[1] < SERVE_RETRY_S:
+            return False
+        try:
+            self._switch(config)
+        except TunerdError as err:
+            log.warning("cannot serve %s: %s; trying again in %.0f s", config, err, SERVE_RETRY_S)
+            self._serve_failed = (str(config), now)
+            return False
+        self._serve_failed = None
+        return True
 
     def retune(self, speed_factors: dict[str, float] | None) -> None:
         self._window = None
