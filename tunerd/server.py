@@ -434,6 +434,7 @@ class Daemon:
     def status(self) -> dict:
         t = self.tuner.status()
         stats = self.pipeline.stats()
+        speeds, freqs = self.monitor.speed_factors(), self.monitor.frequencies()   # sysfs reads: once
         return {
             "state": t["state"], "config": str(self.pipeline.config), "best": t["best"],
             "evaluating": self.live.evaluating, "pinned": self.tuner.pinned,
@@ -444,19 +445,18 @@ class Daemon:
             "bottleneck": stats["bottleneck"], "restarts": stats["restarts"],
             "host_cpus": list(self.pipeline.host_placement) or None,
             "history_fps": [h["fps"] for h in self.tuner.history[-HISTORY_FPS:]],
-            "platform": self._platform_now(),
-            "speeds": self.monitor.speed_factors(), "frequencies": self.monitor.frequencies(),
+            "platform": self._platform_now(speeds, freqs),
+            "speeds": speeds, "frequencies": freqs,
             "model": {"name": self.model.name, "source": self.model.source, "hash": self.model.hash,
                       "units": len(self.model.units)},
             "input_shape": list(self.model.input_shape), "uptime_s": self.clock() - self.started_at,
             "events": list(self.events), "version": __version__,
         }
 
-    def _platform_now(self) -> dict:
+    def _platform_now(self, speeds: dict, freqs: dict) -> dict:
         """The platform map with each cluster's speed, current frequency and frequency cap
-        (``cap_khz``, scaling_max_freq) as the monitor reads them now; the platform itself holds
-        those of start-up. ``max_khz`` stays the hardware maximum (cpuinfo_max_freq)."""
-        speeds, freqs = self.monitor.speed_factors(), self.monitor.frequencies()
+        (``cap_khz``, scaling_max_freq) as the monitor read them now (``speeds``, ``freqs``); the
+        platform itself holds those of start-up. ``max_khz`` stays the hardware maximum."""
         out = {**self.platform.to_dict(), "spec": self.cfg.spec}
         for c in out["clusters"]:
             now = freqs.get(c["name"], {})
