@@ -123,12 +123,12 @@ _STAGE_RE = re.compile(
     rf"\s*(\d+)\s*-\s*(\d+)\s*@\s*({_NAME})\s*:\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", re.ASCII
 )
 _CLUSTER_NAME_RE = re.compile(_NAME, re.ASCII)
+_FORM = "FIRST-LAST@CLUSTER:CORES or FIRST-LAST@CLUSTER:CORESxREPLICAS"
 
 
 def is_cluster_name(name: str) -> bool:
     """Whether ``name`` can stand for a cluster in the config text (``0-9@NAME:4``)."""
     return isinstance(name, str) and _CLUSTER_NAME_RE.fullmatch(name) is not None
-_FORM = "FIRST-LAST@CLUSTER:CORES or FIRST-LAST@CLUSTER:CORESxREPLICAS"
 
 
 def parse_config(text: str) -> PipelineConfig:
