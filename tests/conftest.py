@@ -11,12 +11,12 @@ def _model_cache(tmp_path_factory, monkeypatch):
 def fake_sysfs(tmp_path):
     """Factory for fake sysfs trees in tmp_path; returns the directory to use as sysfs root.
 
-    ``fake_sysfs("hikey970")`` (any board in tunerd.fakesysfs.BOARDS, or a FakeBoard; ``online=``
+    ``fake_sysfs("hikey970")`` (any board in tunerd.platform.fakesysfs.BOARDS, or a FakeBoard; ``online=``
     takes CPUs offline) or ``fake_sysfs("emulate:big=0@1.0,little=1@0.5", max_khz=2_000_000)``.
     """
     import itertools
 
-    from tunerd.fakesysfs import make_emulated_tree, make_tree
+    from tunerd.platform.fakesysfs import make_emulated_tree, make_tree
 
     count = itertools.count()
 

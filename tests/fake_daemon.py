@@ -4,7 +4,7 @@
         Client(d.frames_address).infer(x)   # -> transform(x), x * 2 by default
         ControlClient(d.control_address).call("status")
 
-It speaks the real protocol (tunerd.protocol) in a thread polling both ROUTER sockets with a short
+It speaks the real protocol (tunerd.wire.protocol) in a thread polling both ROUTER sockets with a short
 timeout, so stop() returns promptly. Knobs for tests: ``hold`` (answer frames in reverse order in
 batches of that many), ``answer_frames=False`` (never answer), ``error_for(id, array) -> code|None``,
 ``protocol_version`` (pretend to be another version), ``status_updates`` (applied one per status call),
@@ -20,14 +20,14 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from tunerd import protocol
+from tunerd.wire import protocol
 
 STATUS: dict[str, Any] = {
     "state": "tuning",
     "model": {"name": "squeezenet", "source": "zoo:squeezenet", "hash": "0123abcd", "units": 18},
     "input_shape": [1, 3, 8, 8],
     "input_dtype": "float32",
-    "platform": {   # the shape tunerd.platform.Platform.to_dict() gives
+    "platform": {   # the shape tunerd.platform.clusters.Platform.to_dict() gives
         "source": "emulate",
         "spec": "emulate:big=0@1.0,little=1@0.4",
         "clusters": [

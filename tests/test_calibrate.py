@@ -8,14 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from tunerd import calibrate as C
-from tunerd import costmodel as cm
-from tunerd.cli import main
+from tunerd.costs import calibrate as C
+from tunerd.costs import costmodel as cm
+from tunerd.commands.cli import main
 from tunerd.errors import ConfigError, HintsError
-from tunerd.fakesysfs import set_emulated_freq
-from tunerd.hints import load_hints, make_hints
-from tunerd.model import load_model
-from tunerd.platform import resolve_platform
+from tunerd.platform.fakesysfs import set_emulated_freq
+from tunerd.costs.hints import load_hints, make_hints
+from tunerd.model.loader import load_model
+from tunerd.platform.clusters import resolve_platform
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 
@@ -182,7 +182,7 @@ def test_cli_calibrate_json_to_default_place(tmp_path, monkeypatch, capsys):
 
 
 def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkeypatch):
-    from tunerd import hints as H
+    from tunerd.costs import hints as H
     spec, path = quick_emulated
     platform = resolve_platform(spec)
     model = load_model("zoo:squeezenet", input_size=64, store=False)

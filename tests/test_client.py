@@ -1,4 +1,4 @@
-"""tunerd.client against the fake daemon: infer, pipelining, id matching, errors, timeouts, CURVE."""
+"""tunerd.wire.client against the fake daemon: infer, pipelining, id matching, errors, timeouts, CURVE."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import zmq.auth
 
 import fake_daemon
 from fake_daemon import FakeDaemon
-from tunerd import protocol
-from tunerd.client import (Client, ClientError, ClientTimeout, ControlClient, DaemonNotRunning, RemoteError,
+from tunerd.wire import protocol
+from tunerd.wire.client import (Client, ClientError, ClientTimeout, ControlClient, DaemonNotRunning, RemoteError,
                            VersionMismatch, load_curve_keypair)
 from tunerd.errors import TunerdError
 
@@ -274,7 +274,7 @@ def test_loadgen_fixed_rate_for_a_duration_and_timeouts(capsys):
 def test_loadgen_colocate_follows_the_daemons_host_cpus(capsys):
     import os
 
-    from tunerd.worker import pin_all_threads
+    from tunerd.pipeline.worker import pin_all_threads
     loadgen = _loadgen()
     before = os.sched_getaffinity(0)
     cpu = max(before)

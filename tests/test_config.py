@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunerd.config import load_config
+from tunerd.daemon.config import load_config
 from tunerd.errors import ConfigError
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunerd import costmodel as cm
-from tunerd.boards import load_board
-from tunerd.calibrate import build_layer
+from tunerd.costs import costmodel as cm
+from tunerd.platform.boards import load_board
+from tunerd.costs.calibrate import build_layer
 from tunerd.errors import HintsError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -72,7 +72,7 @@ def test_conv_features_count_im2col_and_gemm_dims():
 
 
 def test_views_are_free():
-    from tunerd.units import LayerInfo
+    from tunerd.model.units import LayerInfo
     view = LayerInfo("flat", "Flatten", "view", 0, ((1, 8, 2, 2),), (1, 32), 0)
     assert cm.layer_features(view) is None
 
@@ -164,7 +164,7 @@ def test_board_reproduces_table_one(table1_models, board_name, core_type):
 
 
 def test_zoo_squeezenet_v1_1_is_lighter_than_table_one(table1_models):
-    from tunerd.model import load_model
+    from tunerd.model.loader import load_model
     v11 = load_model("zoo:squeezenet", store=False)
     a73 = board("hikey970")["A73"]
     fps = lambda m: 1000.0 / cm.predict_units(m.units, a73, 4)[:, 3].sum()  # noqa: E731

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from tunerd.costtable import CostTable, RunningStat
+from tunerd.pipeline.measured_costs import CostTable, RunningStat
 from tunerd.errors import HintsError
 
 
@@ -98,7 +98,7 @@ def test_bad_samples_raise_valueerror(args):
 
 
 def test_refine_replaces_predictions_with_enough_samples():
-    from tunerd.throughput import UnitCostTable
+    from tunerd.tuning.throughput import UnitCostTable
     hints = UnitCostTable({"A73": np.full((3, 2), 10.0)}, np.ones(3))
     t = CostTable()
     for ms in (4.0, 5.0, 6.0):

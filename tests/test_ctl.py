@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fake_daemon import STATUS, FakeDaemon
-from tunerd import ctl
+from tunerd.wire import ctl
 
 REQUIRED = ("state", "config", "best", "evaluations", "frames_served", "retunes", "platform")
 
@@ -172,7 +172,7 @@ def test_version_command(daemon, capsys):
 
 def test_entry_point_prints_no_traceback(tmp_path):
     address = f"ipc://{tmp_path}/nothing.sock"
-    proc = subprocess.run([sys.executable, "-m", "tunerd.ctl", "--control", address, "status"],
+    proc = subprocess.run([sys.executable, "-m", "tunerd.wire.ctl", "--control", address, "status"],
                           capture_output=True, text=True, timeout=30,
                           cwd=pathlib.Path(__file__).parents[1])
     assert proc.returncode == 3 and proc.stdout == ""

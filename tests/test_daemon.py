@@ -24,19 +24,20 @@ import pytest
 import zmq
 
 import tunerd
-from tunerd import ctl, protocol
-from tunerd.client import Client, ControlClient
-from tunerd.config import DaemonConfig, load_config
+from tunerd.wire import ctl
+from tunerd.wire import protocol
+from tunerd.wire.client import Client, ControlClient
+from tunerd.daemon.config import DaemonConfig, load_config
 from tunerd.errors import ConfigError
-from tunerd.fakesysfs import set_emulated_freq
-from tunerd.live import LiveTuning, WindowPolicy
-from tunerd.monitor import Monitor, MonitorConfig
+from tunerd.platform.fakesysfs import set_emulated_freq
+from tunerd.daemon.live import LiveTuning, WindowPolicy
+from tunerd.daemon.monitor import Monitor, MonitorConfig
 from tunerd.pipeconfig import ClusterSpec, assign_cpus, parse_config
-from tunerd.platform import resolve_platform
-from tunerd.server import Daemon
-from tunerd.simulator import synthetic_table
-from tunerd.state import StateStore, platform_signature
-from tunerd.tuner import Tuner
+from tunerd.platform.clusters import resolve_platform
+from tunerd.daemon.server import Daemon
+from tunerd.tuning.simulator import synthetic_table
+from tunerd.daemon.state import StateStore, platform_signature
+from tunerd.tuning.tuner import Tuner
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))

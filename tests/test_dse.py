@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from tunerd import dse
+from tunerd.tuning import dse
 from tunerd.errors import ConfigError, HintsError
 from tunerd.pipeconfig import ClusterSpec, PipelineConfig, Stage, parse_config
-from tunerd.throughput import PipelineModel, UnitCostTable, pipeline_fps, table_from_flops, transfer_ms
+from tunerd.tuning.throughput import PipelineModel, UnitCostTable, pipeline_fps, table_from_flops, transfer_ms
 
 
 def _random_case(rng, n, contention):

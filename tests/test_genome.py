@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from tunerd import genome as genome_module
-from tunerd.genome import Genome, GenomeSpace, config_to_genome, genome_to_config
+from tunerd.tuning import genome as genome_module
+from tunerd.tuning.genome import Genome, GenomeSpace, config_to_genome, genome_to_config
 from tunerd.pipeconfig import ClusterSpec, parse_config, validate
 
 BOARDS = {

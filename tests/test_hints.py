@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tunerd import hints as H
-from tunerd.cli import main
+from tunerd.costs import hints as H
+from tunerd.commands.cli import main
 from tunerd.errors import HintsError
-from tunerd.model import load_model
+from tunerd.model.loader import load_model
 
 ZOO = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
 BOARDS = ["hikey970", "odroid-xu3", "jetson-tx2"]
@@ -42,7 +42,7 @@ def test_make_hints_from_board(small, small_hints):
 
 
 def test_to_table(small_hints):
-    from tunerd.throughput import UnitCostTable
+    from tunerd.tuning.throughput import UnitCostTable
     table = small_hints.to_table()
     assert isinstance(table, UnitCostTable)
     assert table.n_units == small_hints.n_units
@@ -133,7 +133,7 @@ def test_make_hints_needs_one_source(small):
 
 
 def test_board_platform_stands_for_its_board(small):
-    from tunerd.platform import resolve_platform
+    from tunerd.platform.clusters import resolve_platform
     h = H.make_hints(small, platform=resolve_platform("board:odroid-xu3"))
     assert h.producer["name"] == "odroid-xu3"
     assert H.hints_for_platform(small, resolve_platform("board:odroid-xu3")).n_units == h.n_units

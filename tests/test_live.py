@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import tunerd
-from tunerd import tuner_states as states
-from tunerd.costtable import CostTable as MeasuredTable
-from tunerd.fakesysfs import make_emulated_tree
-from tunerd.live import LiveTuning, WindowPolicy, _Window
+from tunerd.tuning import states
+from tunerd.pipeline.measured_costs import CostTable as MeasuredTable
+from tunerd.platform.fakesysfs import make_emulated_tree
+from tunerd.daemon.live import LiveTuning, WindowPolicy, _Window
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.pipeline import Outcome, Pipeline, PipelineError, StageTiming
-from tunerd.platform import resolve_platform
-from tunerd.tuner import Tuner
+from tunerd.pipeline.executor import Outcome, Pipeline, PipelineError, StageTiming
+from tunerd.platform.clusters import resolve_platform
+from tunerd.tuning.tuner import Tuner
 
 SPEC = "emulate:big=0@1.0,little=1@0.5"
 
@@ -70,7 +70,7 @@ def serve(pipe, live, x, done, *, max_frames=20000):
 
 @needs_cpus
 def test_tuner_converges_within_5_percent_of_an_exhaustive_live_sweep(tmp_path):
-    from tunerd.hints import hints_for_platform
+    from tunerd.costs.hints import hints_for_platform
     sysfs = make_emulated_tree(SPEC, tmp_path / "fs")
     platform = resolve_platform(SPEC, sysfs_root=sysfs)
     model = tunerd.load_model("zoo:squeezenet", input_size=64)

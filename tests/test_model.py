@@ -6,8 +6,8 @@ import pytest
 
 import tunerd
 from tunerd.errors import ModelError, UnsupportedOpError
-from tunerd.graph import Graph, Node
-from tunerd.model import Model
+from tunerd.model.graph import Graph, Node
+from tunerd.model.loader import Model
 
 # (name, small input size used in tests, unit count at 224)
 ZOO = [("alexnet", 64, 8), ("googlenet", 32, 13), ("mobilenet", 32, 28), ("resnet50", 32, 18), ("squeezenet", 32, 18)]
@@ -192,7 +192,7 @@ def test_flatten_axis_follows_onnx(axis):
 
 def test_batch_norm_folding_with_repeated_node_names():
     """Two Convs named alike, each followed by a BN, keep their own folded weights."""
-    from tunerd import passes
+    from tunerd.model import passes
 
     def graph(first, second):
         nodes = [Node(first, "Conv", ["x", "w1"], ["c1"], {"pads": [1, 1, 1, 1]}),

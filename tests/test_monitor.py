@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tunerd.fakesysfs import set_emulated_freq
-from tunerd.monitor import CPUFREQ, DRIFT, THERMAL, Monitor, MonitorConfig
-from tunerd.platform import resolve_platform
+from tunerd.platform.fakesysfs import set_emulated_freq
+from tunerd.daemon.monitor import CPUFREQ, DRIFT, THERMAL, Monitor, MonitorConfig
+from tunerd.platform.clusters import resolve_platform
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import pytest
 
 import tunerd
 from tunerd.errors import ModelError, UnsupportedOpError
-from tunerd.onnx_io import export_onnx
+from tunerd.model.onnx_io import export_onnx
 
 from onnx_cases import LIGHT, light_with_random_weights, ort_run, rel_err
 
@@ -218,7 +218,7 @@ def test_export_of_imported_graphs_runs_in_onnxruntime(case, tmp_path):
 
 
 def test_export_rejects_attributes_opset13_lacks(tmp_path):
-    from tunerd.graph import Graph, Node
+    from tunerd.model.graph import Graph, Node
     g = Graph("t", "x", (1, 4, 8, 8), "y",
               [Node("the_pool", "AveragePool", ["x"], ["y"], {"kernel_shape": [2, 2], "dilations": [2, 2]})], {})
     with pytest.raises(ModelError, match="'the_pool'.*dilations"):
@@ -227,7 +227,7 @@ def test_export_rejects_attributes_opset13_lacks(tmp_path):
 
 def test_export_names_added_tensors_uniquely(tmp_path):
     """Two Reshapes named alike (possible in a hand-built graph) get their own shape constants."""
-    from tunerd.graph import Graph, Node
+    from tunerd.model.graph import Graph, Node
     g = Graph("t", "x", (1, 4, 5, 6), "y", [Node("r", "Reshape", ["x"], ["a"], {"shape": [1, -1]}),
                                              Node("r", "Reshape", ["a"], ["y"], {"shape": [4, 30]})], {})
     out = tmp_path / "x.onnx"
@@ -237,7 +237,7 @@ def test_export_names_added_tensors_uniquely(tmp_path):
 
 
 def test_export_to_missing_directory_is_a_one_line_error(tmp_path, capsys):
-    from tunerd.cli import main
+    from tunerd.commands.cli import main
     assert main(["model", "export", "zoo:squeezenet", "--input-size", "32",
                  "-o", str(tmp_path / "missing" / "x.onnx")]) == 1
     err = capsys.readouterr().err

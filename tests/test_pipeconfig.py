@@ -93,7 +93,7 @@ def test_validate_programmatic_oddities():
 
 
 @dataclass
-class PlatformCluster:  # the shape of tunerd.platform's richer Cluster
+class PlatformCluster:  # the shape of tunerd.platform.clusters's richer Cluster
     name: str
     core_type: str
     cpus: tuple

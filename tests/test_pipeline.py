@@ -22,7 +22,7 @@ import pytest
 
 from tunerd.errors import ConfigError, ModelError
 from tunerd.pipeconfig import assign_cpus
-from tunerd.pipeline import Pipeline, PipelineError
+from tunerd.pipeline.executor import Pipeline, PipelineError
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
 pytestmark = pytest.mark.skipif(not TWO_CPUS, reason="needs CPUs 0 and 1")
@@ -245,7 +245,7 @@ def test_place_host_prefers_cpus_outside_an_emulated_platform():
 
 
 def test_worker_module_does_not_import_numpy():
-    code = "import sys, tunerd.worker; print('numpy' in sys.modules)"
+    code = "import sys, tunerd.pipeline.worker; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -301,7 +301,7 @@ def test_bad_configs_give_clear_errors(text, message):
 
 
 def test_bad_arguments_and_a_bad_reconfigure_leave_the_pipeline_running():
-    from tunerd.platform import Cluster, Platform
+    from tunerd.platform.clusters import Cluster, Platform
     board = Platform((Cluster("big", "A73", (0, 1)),), "board", spec="board:test")
     with pytest.raises(ConfigError, match="simulated"):
         fake_pipeline("0-5@big:1", platform=board)
@@ -371,7 +371,7 @@ def test_a_reconfiguration_that_cannot_start_leaves_the_old_config_running(monke
         def no_more_sockets(*args):
             raise OSError(24, "Too many open files")
         with monkeypatch.context() as m:
-            m.setattr("tunerd.pipeline.socket.socketpair", no_more_sockets)
+            m.setattr("tunerd.pipeline.executor.socket.socketpair", no_more_sockets)
             with pytest.raises(PipelineError, match="cannot start 0-2@big:1 \\| 3-5@little:1.*Too many open files"):
                 pipe.reconfigure("0-2@big:1 | 3-5@little:1")
         assert str(pipe.config) == "0-5@big:1"
@@ -517,7 +517,7 @@ def test_kill_9_of_the_parent_leaves_nothing():
 
 # --------------------------------------------------------------------------- emulation and profiling
 def test_emulated_dvfs_slows_a_stage_within_a_frame(fake_sysfs):
-    from tunerd.fakesysfs import set_emulated_freq
+    from tunerd.platform.fakesysfs import set_emulated_freq
     root = fake_sysfs(EMULATED, max_khz=2_000_000)
     pipe, model = fake_pipeline("0-1@big:1 | 2-3@little:1", units=4, sleep_ms=3.0, platform=EMULATED,
                                 sysfs_root=root, profile_every=1)
@@ -563,7 +563,7 @@ def test_profiling_feeds_cost_table_and_stats():
 def test_bench_command_reports_a_pipeline(capsys):
     import json
 
-    from tunerd.cli import main
+    from tunerd.commands.cli import main
     rc = main(["bench", "--model", "zoo:squeezenet", "--input-size", "32", "--pipeline",
                "0-8@big:1 | 9-17@big:1", "--frames", "6", "--warmup", "2", "--json"])
     assert rc == 0

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tunerd import cli
+from tunerd.commands import cli
 from tunerd.errors import ConfigError, HintsError, PlatformError
-from tunerd.fakesysfs import FakeBoard, FakePolicy, make_emulated_tree, set_emulated_freq
-from tunerd.monitor import Monitor, MonitorConfig
-from tunerd.platform import (Cluster, cluster_names, discover, effective_speed, parse_platform_spec,
+from tunerd.platform.fakesysfs import FakeBoard, FakePolicy, make_emulated_tree, set_emulated_freq
+from tunerd.daemon.monitor import Monitor, MonitorConfig
+from tunerd.platform.clusters import (Cluster, cluster_names, discover, effective_speed, parse_platform_spec,
                              resolve_platform)
-from tunerd.sysfs import (SysfsReader, arm_core_name, format_cpu_list, parse_cpu_list, parse_cpuinfo,
+from tunerd.platform.sysfs import (SysfsReader, arm_core_name, format_cpu_list, parse_cpu_list, parse_cpuinfo,
                           parse_int, parse_midr)
 
 CPU = "devices/system/cpu"
@@ -270,7 +270,7 @@ def test_junk_in_a_file_is_a_clear_error(fake_sysfs, path, text, message):
 def test_junk_cpuinfo_costs_only_names(fake_sysfs, caplog):
     root = fake_sysfs("hikey970")
     (root.parent / "proc" / "cpuinfo").write_text("garbage without colons\n")
-    with caplog.at_level(logging.WARNING, logger="tunerd.platform"):
+    with caplog.at_level(logging.WARNING, logger="tunerd.platform.clusters"):
         platform = discover(root)
     assert [c.core_type for c in platform.clusters] == ["A53", "A73"]   # midr_el1 still names them
     assert "cpuinfo" in caplog.text
@@ -296,7 +296,7 @@ def test_bad_sysfs_roots(fake_sysfs, tmp_path):
 
 def test_unknown_fake_board(tmp_path):
     with pytest.raises(ConfigError, match="unknown fake board 'pi5'.*hikey970"):
-        from tunerd.fakesysfs import make_tree
+        from tunerd.platform.fakesysfs import make_tree
         make_tree("pi5", tmp_path)
 
 
@@ -410,7 +410,7 @@ def test_set_emulated_freq_errors(fake_sysfs, cpu, khz, message):
 
 
 def test_board_platforms(tmp_path):
-    pytest.importorskip("tunerd.boards")   # board files are read by tunerd.boards (another part)
+    pytest.importorskip("tunerd.platform.boards")   # board files are read by tunerd.platform.boards (another part)
     board = {"name": "hikey970", "interconnect_gbs": 3.0, "clusters": [
         {"name": "little", "core_type": "A53", "cores": 4, "freq_mhz": 1800, "gflops_per_core": 3.6,
          "bandwidth_gbs": 4.0},

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from tunerd import protocol as P
+from tunerd.wire import protocol as P
 
 SHAPE = (1, 3, 4, 4)
 

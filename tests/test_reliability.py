@@ -30,9 +30,9 @@ from soak import Books, client_loop, soak  # noqa: E402
 from torture_reconfig import torture_daemon, torture_pipeline  # noqa: E402
 
 import tunerd  # noqa: E402
-from tunerd import protocol  # noqa: E402
-from tunerd.client import Client  # noqa: E402
-from tunerd.server import REPLY_STALL_S  # noqa: E402
+from tunerd.wire import protocol  # noqa: E402
+from tunerd.wire.client import Client  # noqa: E402
+from tunerd.daemon.server import REPLY_STALL_S  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
                                 reason="needs CPUs 0 and 1")

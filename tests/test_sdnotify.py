@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from tunerd import sdnotify
-from tunerd.sdnotify import Notifier, notify, watchdog_interval
+from tunerd.daemon import sdnotify
+from tunerd.daemon.sdnotify import Notifier, notify, watchdog_interval
 
 
 @pytest.fixture

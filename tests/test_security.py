@@ -1,5 +1,5 @@
 """Security: hostile input against a real daemon, limits, socket permissions, loopback-only tcp by
-default, CurveZMQ keys (`tunerd keygen`, tunerd.security) and nothing from the wire unpickled or
+default, CurveZMQ keys (`tunerd keygen`, tunerd.wire.security) and nothing from the wire unpickled or
 evaluated. The long fuzz run is tools/fuzz_frames.py (figures in docs/RELIABILITY.md).
 
 Daemons run as processes on the emulated big.LITTLE of CPUs 0-1 with ipc sockets in a temp dir
@@ -28,9 +28,9 @@ from fuzz_frames import fuzz  # noqa: E402
 from harness import BIN, MODEL, SIZE, DaemonProcess, gone  # noqa: E402
 
 import tunerd  # noqa: E402
-from tunerd import protocol  # noqa: E402
-from tunerd.client import Client, ClientError, ControlClient, load_curve_keypair  # noqa: E402
-from tunerd.config import DaemonConfig, load_config, validate  # noqa: E402
+from tunerd.wire import protocol  # noqa: E402
+from tunerd.wire.client import Client, ClientError, ControlClient, load_curve_keypair  # noqa: E402
+from tunerd.daemon.config import DaemonConfig, load_config, validate  # noqa: E402
 from tunerd.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
@@ -191,7 +191,7 @@ def test_serve_refuses_a_remote_tcp_address_without_opt_in(tmp_path):
 
 
 # --------------------------------------------------------------------------- nothing from the wire is run
-WIRE_MODULES = ("protocol.py", "server.py", "client.py", "ctl.py", "security.py")
+WIRE_MODULES = ("wire/protocol.py", "daemon/server.py", "wire/client.py", "wire/ctl.py", "wire/security.py")
 
 
 def _calls(tree: ast.AST) -> set[str]:
@@ -221,7 +221,7 @@ def test_nothing_from_the_wire_is_unpickled_or_evaluated():
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & {"pickle", "marshal", "shelve", "dill", "cloudpickle", "yaml"}, (name, imported)
     # the protocol decodes msgpack with ext types refused and the array with frombuffer only
-    source = (package / "protocol.py").read_text()
+    source = (package / "wire" / "protocol.py").read_text()
     assert "max_ext_len=0" in source and "np.frombuffer" in source
     # NOTE: the pipeline's worker messages are pickled by multiprocessing.Connection, but they run
     # between the daemon and its own workers over socketpairs; no client byte is in them.
@@ -264,7 +264,7 @@ def test_keygen_writes_zmq_certificates_with_private_secrets(keys, workdir):
 
 def _curve_roundtrip(server_secret, client_keys_dir, client_keypair, server_public=None) -> bool:
     """A ROUTER set up by configure_curve_server on loopback tcp: does the DEALER's message arrive?"""
-    from tunerd.security import configure_curve_server, stop_curve_server
+    from tunerd.wire.security import configure_curve_server, stop_curve_server
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0

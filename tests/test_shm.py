@@ -6,7 +6,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 import numpy as np
 import pytest
 
-from tunerd.shm import PAGE, Ring, slot_size
+from tunerd.pipeline.shm import PAGE, Ring, slot_size
 
 
 def _ring_fds() -> list[str]:

@@ -6,14 +6,14 @@ import random
 import numpy as np
 import pytest
 
-from tunerd import boards
+from tunerd.platform import boards
 from tunerd.commands import simulate
 from tunerd.errors import ConfigError, HintsError
-from tunerd.genome import GenomeSpace
+from tunerd.tuning.genome import GenomeSpace
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.simulator import (SimulatedBoard, contention_alphas, kernel_parallel_fps, kernel_parallel_ms,
+from tunerd.tuning.simulator import (SimulatedBoard, contention_alphas, kernel_parallel_fps, kernel_parallel_ms,
                               run_simulation, synthetic_table)
-from tunerd.throughput import PipelineModel, table_from_flops
+from tunerd.tuning.throughput import PipelineModel, table_from_flops
 
 BOARD = {"name": "hikey-like", "interconnect_gbs": 3.0, "note": "extra fields are kept", "clusters": [
     {"name": "little", "core_type": "A53", "cores": 4, "freq_mhz": 1800, "gflops_per_core": 3.6, "bandwidth_gbs": 4.0},
@@ -221,7 +221,7 @@ def test_optimum_without_replicas():
         config = space.to_config(space.random_genome(rng))
         if all(s.replicas == 1 for s in config.stages):
             assert sim.true_fps(config) <= without.fps * (1 + 1e-12)
-    from tunerd.dse import explore
+    from tunerd.tuning.dse import explore
     with pytest.raises(ConfigError, match="max_replicas must be >= 1"):
         explore(sim.model(), max_replicas=0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from tunerd.state import StateStore, atomic_write_json, read_json
+from tunerd.daemon.state import StateStore, atomic_write_json, read_json
 
 
 def test_tuned_round_trip_and_keys(tmp_path):

@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from tunerd import protocol
+from tunerd.wire import protocol
 
 SYSTEMD = pathlib.Path(__file__).parents[1] / "systemd"
 UNITS = ["tunerd.service", "tunerd@.service"]
@@ -136,7 +136,7 @@ def test_systemd_analyze_security_is_ok(name, tmp_path):
 
 
 def test_example_config_is_what_the_daemon_reads():
-    config_module = pytest.importorskip("tunerd.config")
+    config_module = pytest.importorskip("tunerd.daemon.config")
     example = tomllib.loads((SYSTEMD / "tunerd.toml").read_text())
     # every key the daemon reads is shown (and documented) in the example, and nothing else
     assert {s: set(keys) for s, keys in config_module.SECTIONS.items()} == {s: set(t) for s, t in example.items()}
@@ -147,7 +147,7 @@ def test_example_config_is_what_the_daemon_reads():
 
 
 def test_a_window_min_seconds_out_of_range_is_refused_by_name(tmp_path):
-    config_module = pytest.importorskip("tunerd.config")
+    config_module = pytest.importorskip("tunerd.daemon.config")
     from tunerd.errors import ConfigError
     path = tmp_path / "t.toml"
     for bad in (-1, 61):
@@ -159,7 +159,7 @@ def test_a_window_min_seconds_out_of_range_is_refused_by_name(tmp_path):
 
 
 def test_place_self_is_a_boolean_that_can_be_turned_off(tmp_path):
-    config_module = pytest.importorskip("tunerd.config")
+    config_module = pytest.importorskip("tunerd.daemon.config")
     from tunerd.errors import ConfigError
     path = tmp_path / "t.toml"
     path.write_text("[platform]\nplace_self = false\n")

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from tunerd import tuner_states as states
-from tunerd.boards import board_clusters
+from tunerd.tuning import states
+from tunerd.platform.boards import board_clusters
 from tunerd.errors import ConfigError, TunerdError
 from tunerd.pipeconfig import parse_config, validate
-from tunerd.simulator import SimulatedBoard, contention_prior, run_simulation, synthetic_table
-from tunerd.throughput import UnitCostTable
-from tunerd.tuner import SurrogateTable, Tuner
+from tunerd.tuning.simulator import SimulatedBoard, contention_prior, run_simulation, synthetic_table
+from tunerd.tuning.throughput import UnitCostTable
+from tunerd.tuning.tuner import SurrogateTable, Tuner
 
 TX2 = {"name": "tx2-like", "interconnect_gbs": 4.0, "clusters": [
     {"name": "denver", "core_type": "Denver2", "cores": 2, "freq_mhz": 2035, "gflops_per_core": 8.0, "bandwidth_gbs": 10.0},
@@ -229,7 +229,7 @@ def test_elites_are_re_measured():
 def test_converges_only_once_the_surrogates_top_configs_were_evaluated_live():
     """Convergence on patience is not enough: the surrogate's best few (and the DSE's best
     layouts) rated near the incumbent must have been measured, not just predicted."""
-    from tunerd.dse import explore
+    from tunerd.tuning.dse import explore
     confirmed = 0
     for seed in range(4):
         tuner = _tuner(board=HIKEY, n=12, seed=seed, budget=60)

@@ -2,15 +2,15 @@
 """Simulated: the optimal pipeline's gain over the antecedents on a board, next to Pipe-it's
 published +39% on average over the highest antecedent throughput.
 
-Antecedents (no pipelining; tunerd.simulator, on the same true costs as the pipelines):
+Antecedents (no pipelining; tunerd.tuning.simulator, on the same true costs as the pipelines):
   big        the whole network as one stage on the board's big cluster with all its cores
   single     the same on the best single cluster (the big one, unless the hints say otherwise)
   all-cores  all cores kernel-parallel: one stage on every core of every cluster, each layer split
              evenly over all the threads (a static split, as ARM-CL does), a unit done when the
              slowest cluster's share is, plus the exchange of each unit's output between the
-             clusters over the board's interconnect (tunerd.simulator.kernel_parallel_ms)
+             clusters over the board's interconnect (tunerd.tuning.simulator.kernel_parallel_ms)
 
-The optimum is exhaustive (tunerd.dse.exhaustive_optimum) over pipelines with replicated stages
+The optimum is exhaustive (tunerd.tuning.dse.exhaustive_optimum) over pipelines with replicated stages
 (ours), and, for a fair comparison with Pipe-it (which has no replicas), over pipelines without
 them ("no replicas"). "best ante" = the highest of the antecedents, Pipe-it's reference. True
 costs are the simulator's (hints with the seeded per-unit error); fps and gains are means over
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunerd.boards import load_board  # noqa: E402
-from tunerd.hints import predict_for_board  # noqa: E402
-from tunerd.simulator import SimulatedBoard  # noqa: E402
+from tunerd.platform.boards import load_board  # noqa: E402
+from tunerd.costs.hints import predict_for_board  # noqa: E402
+from tunerd.tuning.simulator import SimulatedBoard  # noqa: E402
 
 MODELS = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
 PIPE_IT_GAIN = 0.39   # Pipe-it (seeds 000/001): +39% on average over the highest antecedent throughput

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from onnx_cases import light_with_random_weights  # noqa: E402
 
 import tunerd  # noqa: E402
-from tunerd.onnx_io import export_onnx  # noqa: E402
+from tunerd.model.onnx_io import export_onnx  # noqa: E402
 
 NETWORKS = {"alexnet": "bvlc_alexnet", "googlenet": "inception_v1", "resnet50": "resnet50",
             "squeezenet": "squeezenet", "mobilenet": None}
@@ -50,7 +50,7 @@ def _child_mapping(path, queue):
     import psutil
     proc = psutil.Process()
     before = proc.memory_full_info()
-    from tunerd.model import Model
+    from tunerd.model.loader import Model
     model = Model.open(path)
     total = 0.0
     for w in model.graph.weights.values():       # touch every page

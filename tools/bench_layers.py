@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import NETWORKS, build  # noqa: E402
 
-from tunerd.plan import ExecutionPlan  # noqa: E402
+from tunerd.model.plan import ExecutionPlan  # noqa: E402
 
 
 def conv_key(kernel, m, cg, ho, stride, depthwise) -> str:

@@ -79,8 +79,8 @@ def run_configs(model, platform, configs: list[str], frames: int, warmup: int, s
     config the best of ``repeat`` windows of ``frames`` frames."""
     import numpy as np
 
-    from tunerd.pipeline import Pipeline
-    from tunerd.pipeline_bench import measure
+    from tunerd.pipeline.executor import Pipeline
+    from tunerd.pipeline.bench import measure
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     results = []
     with Pipeline(model, configs[0], platform, sysfs_root=sysfs_root, opener=opener) as pipe:
@@ -105,8 +105,8 @@ def switch_cost(model, platform, a: str, b: str, frames: int, warmup: int, sysfs
     """Stream continuously on ``a``; switch to ``b`` and back, twice, while the pipeline is full."""
     import numpy as np
 
-    from tunerd.pipeline import Pipeline
-    from tunerd.pipeline_bench import stream
+    from tunerd.pipeline.executor import Pipeline
+    from tunerd.pipeline.bench import stream
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     with Pipeline(model, a, platform, sysfs_root=sysfs_root, opener=opener) as pipe:
         stream(pipe, x, warmup)
@@ -131,7 +131,7 @@ def ort_fps(model, threads: int, frames: int, warmup: int, repeat: int) -> float
         import onnxruntime as ort
     except ImportError:
         return None
-    from tunerd.onnx_io import export_onnx
+    from tunerd.model.onnx_io import export_onnx
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         export_onnx(model.graph, path)
@@ -157,7 +157,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     import numpy as np
 
     import tunerd
-    from tunerd.platform import resolve_platform
+    from tunerd.platform.clusters import resolve_platform
     t_model = time.perf_counter()
     model = tunerd.load_model(f"zoo:{name}", input_size=args.input_size)
     n = len(model.units)
@@ -386,8 +386,8 @@ def main(argv=None) -> int:
     global PLACE_HOST
     PLACE_HOST = not args.no_place_host
 
-    from tunerd.fakesysfs import make_emulated_tree
-    from tunerd.platform import resolve_platform
+    from tunerd.platform.fakesysfs import make_emulated_tree
+    from tunerd.platform.clusters import resolve_platform
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a fresh emulated cpufreq tree: the speeds are the spec's, whatever this host's /sys says

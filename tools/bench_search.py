@@ -14,7 +14,7 @@ within the budget B), share of evaluated candidates truly within 10% of the opti
 mean true throughput over the B measurement windows as a share of the optimum (a method that
 stops early serves its best config for the rest), and after a DVFS change (the fastest cluster
 slowed to --dvfs-factor at window --dvfs-at) the evaluations to get back within 5% of the new
-optimum (median, worst). The optimum is exhaustive (tunerd.dse.exhaustive_optimum) on the
+optimum (median, worst). The optimum is exhaustive (tunerd.tuning.dse.exhaustive_optimum) on the
 simulated truth.
 
   tools/bench_search.py --tables-from synthetic --seeds 5 [--json out.json] [--plot DIR]
@@ -33,14 +33,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunerd.boards import board_clusters, load_board  # noqa: E402
-from tunerd.dse import explore  # noqa: E402
+from tunerd.platform.boards import board_clusters, load_board  # noqa: E402
+from tunerd.tuning.dse import explore  # noqa: E402
 from tunerd.errors import TunerdError  # noqa: E402
-from tunerd.genome import GenomeSpace  # noqa: E402
-from tunerd.simulator import (DEFAULT_CONTENTION, DEFAULT_CONTENTION_PRIOR, SimulatedBoard,  # noqa: E402
+from tunerd.tuning.genome import GenomeSpace  # noqa: E402
+from tunerd.tuning.simulator import (DEFAULT_CONTENTION, DEFAULT_CONTENTION_PRIOR, SimulatedBoard,  # noqa: E402
                               contention_prior, drive, synthetic_table)
-from tunerd.throughput import PipelineModel, UnitCostTable  # noqa: E402
-from tunerd.tuner import Tuner  # noqa: E402
+from tunerd.tuning.throughput import PipelineModel, UnitCostTable  # noqa: E402
+from tunerd.tuning.tuner import Tuner  # noqa: E402
 
 # Illustrative boards used when the shipped board files are not installed.
 FALLBACK_BOARDS = {
@@ -59,7 +59,7 @@ MODEL_UNITS = {"alexnet": 8, "googlenet": 13, "resnet50": 18, "squeezenet": 16, 
 METHODS = ["ga-hints", "dse", "ga-random", "random", "hill"]
 
 
-# -- baselines (the ask/tell/best/retune protocol of tunerd.simulator.drive) ----------------------
+# -- baselines (the ask/tell/best/retune protocol of tunerd.tuning.simulator.drive) ----------------------
 class _Measured:
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -196,7 +196,7 @@ def get_table(board: dict, model: str, source: str, input_size: int | None) -> U
         if n is None:
             n = int(model) if model.isdigit() else 16
         return synthetic_table(board, n, seed=zlib.crc32(f"{board['name']}/{model}".encode()))
-    from tunerd import hints  # noqa: PLC0415 - written separately; only needed for this source
+    from tunerd.costs import hints  # noqa: PLC0415 - written separately; only needed for this source
     src = model if (":" in model or model.endswith(".onnx")) else f"zoo:{model}"
     return UnitCostTable.from_hints(hints.predict_for_board(src, board, input_size=input_size))
 

@@ -40,8 +40,8 @@ from demo import emulate_spec, wait_for_daemon  # noqa: E402
 
 
 def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_frames: int) -> dict:
-    from tunerd.pipeline import Pipeline
-    from tunerd.pipeline_bench import bench_pipeline
+    from tunerd.pipeline.executor import Pipeline
+    from tunerd.pipeline.bench import bench_pipeline
     full = bench_pipeline(model, config, platform_spec=spec, sysfs_root=sysfs, frames=frames, warmup=5)
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     lat = []
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import tunerd
-    from tunerd.fakesysfs import make_emulated_tree
+    from tunerd.platform.fakesysfs import make_emulated_tree
     spec = emulate_spec()
     with tempfile.TemporaryDirectory(prefix="tunerd-bench-serve-") as tmp:
         tmp = Path(tmp)

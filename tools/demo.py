@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for each convergence")
     args = ap.parse_args(argv)
 
-    from tunerd.fakesysfs import make_emulated_tree, set_emulated_freq
-    from tunerd.platform import parse_platform_spec
+    from tunerd.platform.fakesysfs import make_emulated_tree, set_emulated_freq
+    from tunerd.platform.clusters import parse_platform_spec
 
     spec = emulate_spec()
     with tempfile.TemporaryDirectory(prefix="tunerd-demo-") as tmp:

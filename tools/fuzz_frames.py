@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import MODEL, SIZE, DaemonProcess, footprint, log, print_report  # noqa: E402
 
 import tunerd  # noqa: E402
-from tunerd import protocol  # noqa: E402
+from tunerd.wire import protocol  # noqa: E402
 
 ANY_REQUEST_ERROR = "request-error"   # random junk: any error of kind "request" will do
 NO_REPLY = "no-reply"                 # refused by the transport
@@ -383,7 +383,7 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
         if not report["daemon_alive"]:
             report["failure_count"] += 1
     if control_address:
-        from tunerd.client import ControlClient
+        from tunerd.wire.client import ControlClient
         with ControlClient(control_address, timeout=10) as ctl:
             st = ctl.call("status")
         report["daemon_status"] = {k: st[k] for k in ("frames_served", "frames_failed", "replies_dropped", "queue",

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 import tunerd
-from tunerd.client import ControlClient
+from tunerd.wire.client import ControlClient
 
 BIN = Path(sys.executable).parent
 MODEL, SIZE = "zoo:squeezenet", 32
@@ -89,7 +89,7 @@ def footprint(pid: int) -> Footprint:
 
 
 def make_sysfs(workdir: Path, spec: str = SPEC) -> Path:
-    from tunerd.fakesysfs import make_emulated_tree
+    from tunerd.platform.fakesysfs import make_emulated_tree
     root = workdir / "fs" / "sys"
     return root if root.exists() else make_emulated_tree(spec, workdir / "fs")
 
@@ -256,7 +256,7 @@ def percentile(values: list[float], q: float) -> float | None:
 # --------------------------------------------------------------------------- crashes while writing state
 _STATE_WRITER = """
 import sys
-from tunerd.state import StateStore
+from tunerd.daemon.state import StateStore
 store = StateStore(sys.argv[1])
 pad = "x" * int(sys.argv[2])
 i = 0
@@ -269,12 +269,12 @@ while True:
 
 
 def crash_state_writes(state_dir: str | os.PathLike, trials: int, *, pad_bytes: int = 256 * 1024, seed: int = 0) -> dict:
-    """``trials`` times: a process rewrites a tuned-state record in a loop (tunerd.state: temp file,
+    """``trials`` times: a process rewrites a tuned-state record in a loop (tunerd.daemon.state: temp file,
     fsync, rename) and gets SIGKILL at a random moment; the record read back must be whole, one
     that was written completely. Returns counts (``ok`` when every read was good)."""
     import random
 
-    from tunerd.state import StateStore
+    from tunerd.daemon.state import StateStore
     rng = random.Random(seed)
     store = StateStore(state_dir)
     good = bad = 0

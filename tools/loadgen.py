@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tunerd import protocol
-from tunerd.client import Client, ClientError, ControlClient, DaemonNotRunning, load_curve_keypair
+from tunerd.wire import protocol
+from tunerd.wire.client import Client, ClientError, ControlClient, DaemonNotRunning, load_curve_keypair
 
 
 @dataclass
@@ -131,7 +131,7 @@ def input_shape_from_daemon(args) -> list[int]:
 def colocate(args, stop: threading.Event, where: list) -> None:
     """Keep every thread of this process on the daemon's ``host_cpus`` until ``stop``; the CPUs
     used go into ``where``. A status that cannot be read is skipped: the load goes on meanwhile."""
-    from tunerd.worker import pin_all_threads
+    from tunerd.pipeline.worker import pin_all_threads
     current = None
     try:
         ctl = ControlClient(args.control, args.timeout)

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tunerd import costmodel as cm  # noqa: E402
+from tunerd.costs import costmodel as cm  # noqa: E402
 
 BOARDS_DIR = ROOT / "hints" / "boards"
 HINTS_DIR = ROOT / "hints"
@@ -63,9 +63,9 @@ CORES = 4
 
 def squeezenet_v1_0():
     """SqueezeNet v1.0 (Iandola et al. 2016), the network of Table I's SqueezeNet row."""
-    from tunerd import passes
-    from tunerd.builder import GraphBuilder
-    from tunerd.model import Model
+    from tunerd.model import passes
+    from tunerd.model.builder import GraphBuilder
+    from tunerd.model.loader import Model
 
     def fire(b, x, name, s, e):
         sq = b.conv(x, s, 1, name=f"{name}/squeeze1x1")
@@ -87,7 +87,7 @@ def squeezenet_v1_0():
 
 def table1_models() -> dict:
     """The five networks of Table I at 224x224 (SqueezeNet as v1.0, see the module docstring)."""
-    from tunerd.model import load_model
+    from tunerd.model.loader import load_model
     models = {n: load_model(f"zoo:{n}", store=False) for n in ZOO if n != "squeezenet"}
     models["squeezenet"] = squeezenet_v1_0()
     return models
@@ -294,7 +294,7 @@ def fitted_from_boards() -> dict:
 # ------------------------------------------------------------------------------ checking, hints
 
 def board_coeffs(board: str) -> dict:
-    from tunerd.boards import load_board
+    from tunerd.platform.boards import load_board
     return cm.coeffs_from_board(load_board(str(BOARDS_DIR / f"{board}.json")))
 
 
@@ -318,7 +318,7 @@ def print_check(rows) -> None:
 
 
 def write_hints(models=ZOO, boards=REFERENCE_BOARDS) -> None:
-    from tunerd.hints import predict_for_board, save_hints
+    from tunerd.costs.hints import predict_for_board, save_hints
     for name in models:
         for board in boards:
             h = predict_for_board(f"zoo:{name}", str(BOARDS_DIR / f"{board}.json"))

@@ -5,7 +5,7 @@
     python tools/make_sysfs.py jetson-tx2 DIR --online 0,3-5      # Denver cores hot-unplugged
     python tools/make_sysfs.py emulate:big=0@1.0,little=1@0.5 DIR
 
-Prints the directory to pass as --sysfs-root (DIR/sys). The generator is tunerd.fakesysfs.
+Prints the directory to pass as --sysfs-root (DIR/sys). The generator is tunerd.platform.fakesysfs.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ except ModuleNotFoundError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tunerd.errors import TunerdError
-from tunerd.fakesysfs import BOARDS, make_emulated_tree, make_tree
-from tunerd.sysfs import parse_cpu_list
+from tunerd.platform.fakesysfs import BOARDS, make_emulated_tree, make_tree
+from tunerd.platform.sysfs import parse_cpu_list
 
 
 def main(argv: list[str] | None = None) -> int:

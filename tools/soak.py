@@ -23,7 +23,7 @@ that were inside, so still every request gets exactly one reply, ok. ``--daemon-
 kills the daemon itself (SIGKILL, under light load, at a random moment) N times: the ipc socket files
 it leaves must not stop the restart, its workers must exit, the stored state must read back whole and
 the restarted daemon must answer correctly. ``--state-kills N`` kills a process rewriting a tuned-state
-record N times mid-write (tunerd.state's atomic writes): every read-back must be a whole record.
+record N times mid-write (tunerd.daemon.state's atomic writes): every read-back must be a whole record.
 
 Its own daemon is pinned to one config (``--pin``, default a two-stage pipeline over both clusters)
 so that the figures measure serving, not the tuner's search; ``--pin none`` lets it tune (it then
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import MODEL, SIZE, DaemonProcess, crash_state_writes, footprint, gone, percentile, tree, is_stage_worker, log, print_report  # noqa: E402,E501
 
 import tunerd  # noqa: E402
-from tunerd import protocol  # noqa: E402
-from tunerd.client import ControlClient  # noqa: E402
+from tunerd.wire import protocol  # noqa: E402
+from tunerd.wire.client import ControlClient  # noqa: E402
 
 DEFAULT_PIN = "0-8@big:1 | 9-17@little:1"
 PSS_NOISE_BYTES = 12 * 2**20
@@ -291,7 +291,7 @@ def soak(frames: str, control: str, pid: int | None, *, clients: int = 16, in_fl
 
 def _feeder(address: str, x: np.ndarray, stop: threading.Event) -> None:
     """Light load that does not mind the daemon dying under it."""
-    from tunerd.client import Client, ClientError
+    from tunerd.wire.client import Client, ClientError
     while not stop.is_set():
         try:
             with Client(address, timeout=2) as c:
@@ -304,7 +304,7 @@ def _feeder(address: str, x: np.ndarray, stop: threading.Event) -> None:
 def daemon_kill_cycles(d: DaemonProcess, cycles: int, *, seed: int = 0, log=print) -> dict:
     """``cycles`` times: SIGKILL the daemon under light load, then start it again on the same
     sockets and state directory. A report with ``ok``."""
-    from tunerd.state import read_json
+    from tunerd.daemon.state import read_json
     rng = random.Random(seed)
     ref_model = tunerd.load_model(MODEL, input_size=SIZE)
     x = np.random.default_rng(seed).standard_normal(ref_model.input_shape).astype(np.float32)
@@ -344,7 +344,7 @@ def daemon_kill_cycles(d: DaemonProcess, cycles: int, *, seed: int = 0, log=prin
             problems.append(f"cycle {cycle}: no restart: {err}")
             break
         restart_s.append(time.monotonic() - t)
-        from tunerd.client import Client
+        from tunerd.wire.client import Client
         with Client(d.frames, timeout=30) as c:
             if not np.allclose(c.infer(x), want, rtol=0, atol=1e-6):
                 problems.append(f"cycle {cycle}: wrong output after the restart")

@@ -6,7 +6,7 @@ reordered or changed.
     tools/torture_reconfig.py --mode daemon --reconfigs 200 --json    # `pin` over the control socket
 
 ``pipeline`` mode drives ``Pipeline.reconfigure`` on a zoo model (squeezenet at 32x32 by default) on
-the emulated big.LITTLE of CPUs 0-1 with random valid configs (tunerd.genome's random genomes: 1-4
+the emulated big.LITTLE of CPUs 0-1 with random valid configs (tunerd.tuning.genome's random genomes: 1-4
 stages, either cluster), switching every 0-3 submitted frames while the pipeline is kept full. Every
 outcome must come out once, in submission order, ok, on the epoch the frame entered, and equal to
 Model.run bit for bit (stages run one BLAS thread; the reference does too).
@@ -35,7 +35,7 @@ import tunerd  # noqa: E402
 
 
 def random_configs(platform, n_units: int, rng: random.Random, count: int) -> list[str]:
-    from tunerd.genome import GenomeSpace
+    from tunerd.tuning.genome import GenomeSpace
     from tunerd.pipeconfig import ClusterSpec
     space = GenomeSpace([ClusterSpec(c.name, c.core_type, c.cores, 1.0) for c in platform.clusters], n_units)
     return [str(space.to_config(space.random_genome(rng))) for _ in range(count)]
@@ -52,8 +52,8 @@ def torture_pipeline(reconfigs: int, *, seed: int = 0, model_src: str = MODEL, s
     """``reconfigs`` switches of a live Pipeline under load; a report with ``ok``."""
     import os
 
-    from tunerd.pipeline import Pipeline
-    from tunerd.platform import resolve_platform
+    from tunerd.pipeline.executor import Pipeline
+    from tunerd.platform.clusters import resolve_platform
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tunerd-torture-"))
     sysfs = make_sysfs(workdir, spec)
@@ -133,7 +133,7 @@ def _median(xs):
 def _client(address: str, inputs, refs, stop: threading.Event, out: dict, k: int, in_flight: int) -> None:
     import zmq
 
-    from tunerd import protocol
+    from tunerd.wire import protocol
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(address)
@@ -174,7 +174,7 @@ def torture_daemon(reconfigs: int, *, seed: int = 0, clients: int = 4, in_flight
                    workdir: Path | None = None, state_dir: Path | None = None, daemon: DaemonProcess | None = None,
                    log=print) -> dict:
     """``reconfigs`` pins through the control socket while clients send; a report with ``ok``."""
-    from tunerd.platform import resolve_platform
+    from tunerd.platform.clusters import resolve_platform
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tunerd-torture-"))
     own = daemon is None
     d = daemon or DaemonProcess(workdir, name="torture", state_dir=state_dir)
@@ -194,7 +194,7 @@ def torture_daemon(reconfigs: int, *, seed: int = 0, clients: int = 4, in_flight
             t.start()
         t0 = time.monotonic()
         pins = 0
-        from tunerd.client import ControlClient
+        from tunerd.wire.client import ControlClient
         with ControlClient(d.control, timeout=10) as ctl:
             while pins < reconfigs and not out.get("problems"):
                 ctl.call("pin", config=rng.choice(configs))

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from .errors import ConfigError, HintsError, ModelError, PlatformError, TunerdError, UnsupportedOpError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "ConfigError", "HintsError", "ModelError", "PlatformError", "TunerdError", "UnsupportedOpError",
@@ -12,14 +11,14 @@ __all__ = [
 
 
 def load_model(source, *, input_size=None):
-    """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.load_model)."""
-    from .model import load_model as _load
+    """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.loader.load_model)."""
+    from .model.loader import load_model as _load
     return _load(source, input_size=input_size)
 
 
 def __getattr__(name):
     # NOTE: lazy, so `import tunerd` stays light (no zmq/numpy) for tools that only need errors
     if name == "Client":
-        from .client import Client
+        from .wire.client import Client
         return Client
     raise AttributeError(f"module 'tunerd' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 A writer that dies mid-write (power cut, SIGKILL) leaves the old file, never half a new one: the
 text goes to ``.NAME.PID.tmp`` beside the target, is flushed to disk, and replaces the target by
-one rename (``tunerd.state.sweep_temp_files`` removes temp files of writers that died).
+one rename (``tunerd.daemon.state.sweep_temp_files`` removes temp files of writers that died).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
-from ..model import load_model
+from ..model.loader import load_model
 
 
 def register(sub) -> None:
@@ -57,7 +57,7 @@ def run(args) -> int:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         result = bench_single(model, args.threads, args.frames, args.warmup)
     else:
-        from ..pipeline_bench import bench_pipeline
+        from ..pipeline.bench import bench_pipeline
         result = bench_pipeline(model, args.pipeline, platform_spec=args.platform, sysfs_root=args.sysfs_root,
                                 frames=args.frames, warmup=args.warmup)
     if args.json:

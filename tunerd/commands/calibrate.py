@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..platform import SPEC_HELP
+from ..platform.clusters import SPEC_HELP
 
 
 def register(subparsers) -> None:
@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..calibrate import calibrate, default_calibration_path, save_calibration
-    from ..platform import resolve_platform
+    from ..costs.calibrate import calibrate, default_calibration_path, save_calibration
+    from ..platform.clusters import resolve_platform
     platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root)
     cal = calibrate(platform, quick=args.quick, sysfs_root=args.sysfs_root, progress=not args.no_progress)
     path = save_calibration(cal, args.output or default_calibration_path(platform))

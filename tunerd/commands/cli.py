@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-from .errors import TunerdError
+from ..errors import TunerdError
 
 # Each module exposes register(subparsers) which adds its sub-command(s) and sets `func`.
 COMMAND_MODULES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ..platform import SPEC_HELP
+from ..platform.clusters import SPEC_HELP
 
 
 def register(subparsers) -> None:
@@ -26,22 +26,22 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hints import make_hints, save_hints
-    from ..model import load_model
+    from ..costs.hints import make_hints, save_hints
+    from ..model.loader import load_model
     if args.calibration and not args.platform:
         raise ConfigError("--calibration goes with --platform")
     model = load_model(args.model, input_size=args.input_size)
     if args.board:
         hints = make_hints(model, board=args.board)
     else:
-        from ..platform import resolve_platform
+        from ..platform.clusters import resolve_platform
         platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root)
         if platform.source == "board":
             hints = make_hints(model, platform=platform)
         else:
             calibration = args.calibration
             if calibration is None:
-                from ..calibrate import default_calibration_path
+                from ..costs.calibrate import default_calibration_path
                 path = default_calibration_path(platform)
                 if not path.is_file():
                     raise ConfigError(f"no calibration for platform {platform.describe()}: run "
@@ -52,7 +52,7 @@ def run(args) -> int:
         save_hints(hints, args.output)
         print(summary(hints, args.output), file=sys.stderr)
     else:
-        from ..hints import dumps
+        from ..costs.hints import dumps
         sys.stdout.write(dumps(hints))
     return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..model import load_model
+from ..model.loader import load_model
 
 
 def register(sub) -> None:
@@ -58,7 +58,7 @@ def run_inspect(args) -> int:
 
 
 def run_export(args) -> int:
-    from ..onnx_io import export_onnx
+    from ..model.onnx_io import export_onnx
     model = load_model(args.source, input_size=args.input_size)
     export_onnx(model.graph, args.output)
     print(f"wrote {args.output} ({model.name}, input {list(model.input_shape)}, opset 13)")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..platform import SPEC_HELP, Platform, effective_speed, resolve_platform
-from ..sysfs import format_cpu_list
+from ..platform.clusters import SPEC_HELP, Platform, effective_speed, resolve_platform
+from ..platform.sysfs import format_cpu_list
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..config import DEFAULT_CONFIG_FILE, load_config
+from ..daemon.config import DEFAULT_CONFIG_FILE, load_config
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..server import Daemon
+    from ..daemon.server import Daemon
     path = args.config or DEFAULT_CONFIG_FILE
     overrides = {
         "source": args.model, "input_size": args.input_size, "spec": args.platform, "frames": args.frames,

@@ -48,9 +48,9 @@ def register(subparsers: Any) -> None:
 
 def load_table(args: argparse.Namespace, board: dict) -> tuple[Any, str]:
     """The predicted unit cost table for the run and a name for the model."""
-    from ..throughput import UnitCostTable  # noqa: PLC0415
+    from ..tuning.throughput import UnitCostTable  # noqa: PLC0415
     try:
-        from .. import hints  # noqa: PLC0415 - written separately; only needed here
+        from ..costs import hints  # noqa: PLC0415 - written separately; only needed here
     except ImportError as err:
         raise HintsError(f"hints are not available: {err}") from err
     if args.hints:
@@ -73,8 +73,8 @@ def _fps(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..boards import load_board  # noqa: PLC0415 - keep `tunerd --help` fast
-    from ..simulator import run_simulation  # noqa: PLC0415
+    from ..platform.boards import load_board  # noqa: PLC0415 - keep `tunerd --help` fast
+    from ..tuning.simulator import run_simulation  # noqa: PLC0415
 
     if not args.model and not args.hints:
         raise HintsError("one of --model or --hints is required")

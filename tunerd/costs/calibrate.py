@@ -1,11 +1,11 @@
 """Calibration: time a sweep of synthetic layers on every cluster and core count of this machine,
-and fit the cost model's coefficients per core type (:mod:`tunerd.costmodel`).
+and fit the cost model's coefficients per core type (:mod:`tunerd.costs.costmodel`).
 
 Each (cluster, cores) is measured in a child process started pinned: the bootstrap sets the CPU
 affinity and the BLAS/OpenMP thread counts *before* numpy is imported (so BLAS starts its threads
 on the right cores) and threadpoolctl caps them again. The layers are tiny graphs built with
-:class:`tunerd.builder.GraphBuilder` and run through the same load-time passes and
-:class:`tunerd.plan.ExecutionPlan` as real models. On an emulated cluster the measured times are
+:class:`tunerd.model.builder.GraphBuilder` and run through the same load-time passes and
+:class:`tunerd.model.plan.ExecutionPlan` as real models. On an emulated cluster the measured times are
 multiplied by 1 / its nominal speed (what its workers do to frames at full clock): the costs are
 nominal, like the core type ``emu@SPEED`` they are filed under; a throttle in force while calibrating
 is left out, since the daemon applies the current speed over the nominal one.
@@ -15,7 +15,7 @@ overheads, inverse efficiencies and inverse bandwidth (non-negative least square
 Huber weight, GEMM shape constants on a grid); with more cores the parallel coefficients (alpha per
 kind, memory alpha, sync cost, small-layer threshold) are fitted by coordinate search on log error.
 
-The child side (``python -m tunerd.calibrate --child``) also times whole models unit by unit for
+The child side (``python -m tunerd.costs.calibrate --child``) also times whole models unit by unit for
 ``tools/bench_costmodel.py``.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ConfigError, HintsError, PlatformError
-from .files import atomic_write_text, load_json
+from ..errors import ConfigError, HintsError, PlatformError
+from ..files import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ QUICK_SWEEP: list[tuple[str, tuple]] = [
 
 def build_layer(op: str, params: Sequence[int]):
     """A one-layer model for the sweep (built, optimised and split like a real one)."""
-    from . import passes
-    from .builder import GraphBuilder
-    from .model import Model
+    from ..model import passes
+    from ..model.builder import GraphBuilder
+    from ..model.loader import Model
     p = tuple(int(v) for v in params)
     name = f"{op}_{'x'.join(map(str, p))}"
     if op == "conv":
@@ -132,8 +132,8 @@ def build_layer(op: str, params: Sequence[int]):
 # --------------------------------------------------------------------------- child processes
 
 _BOOT = ("import os, sys; os.sched_setaffinity(0, {cpus!r}); "
-         "import runpy; sys.argv = ['tunerd.calibrate', '--child']; "
-         "runpy.run_module('tunerd.calibrate', run_name='__main__', alter_sys=True)")
+         "import runpy; sys.argv = ['tunerd.costs.calibrate', '--child']; "
+         "runpy.run_module('tunerd.costs.calibrate', run_name='__main__', alter_sys=True)")
 
 
 class Child:
@@ -330,7 +330,7 @@ def _serve(request: dict, cache: dict) -> None:
     elif request["kind"] == "model":
         key = ("model", request["source"], request.get("input_size"))
         if key not in cache:
-            from .model import load_model
+            from ..model.loader import load_model
             model = load_model(request["source"], input_size=request.get("input_size"))
             cache[key] = (model.plan(), rng.standard_normal(model.input_shape).astype(np.float32))
         plan, x = cache[key]
@@ -429,7 +429,7 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
 def default_calibration_path(platform) -> Path:
     """Where ``tunerd calibrate`` keeps a platform's calibration when not told (``-o``)."""
     from .hints import platform_key
-    from .model import cache_dir
+    from ..model.loader import cache_dir
     return cache_dir() / "calibration" / f"{platform_key(platform)}.json"
 
 
@@ -758,7 +758,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
               progress: bool = True) -> Calibration:
     """Measure and fit ``platform`` (a Platform, or a spec string); real or emulated only."""
     if not hasattr(platform, "clusters"):
-        from .platform import resolve_platform
+        from ..platform.clusters import resolve_platform
         platform = resolve_platform(str(platform), sysfs_root=sysfs_root)
     if platform.source == "board":
         raise ConfigError(f"platform {platform.spec!r} is a simulated board: its costs come from the "
@@ -768,7 +768,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
     # NOTE: the caches are the real machine's, whatever tree --sysfs-root points at
     llc = {c.core_type: llc_bytes(c.cpus[0]) for c in platform.clusters}
     coeffs, report = fit(samples, sweep, quick=quick, llc=llc)
-    from .platform import effective_speed
+    from ..platform.clusters import effective_speed
     clusters = [{"name": c.name, "core_type": c.core_type, "cpus": list(c.cpus), "speed": c.speed,
                  "effective_speed": round(effective_speed(c, sysfs_root), 4) if platform.source == "emulate" else 1.0,
                  "llc_bytes": llc[c.core_type]}

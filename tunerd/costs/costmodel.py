@@ -15,7 +15,7 @@ touched a frame ago. Activations were just written by the previous layer and go 
 once, read once, a strided gather) at ``cols_gbs``. 0 means "as the one before" (cols -> act -> DRAM).
 ``overlap`` = 1 is a plain roofline (memory traffic hidden under compute), 0 adds them (im2col copies
 then a GEMM, as numpy does). One :class:`CoreCoeffs` per core type holds every coefficient; they come
-from a calibration (tunerd.calibrate, fitted on this machine) or from a board file (hints/boards/,
+from a calibration (tunerd.costs.calibrate, fitted on this machine) or from a board file (hints/boards/,
 fitted to published throughput by tools/make_hints.py --fit-board). The shape term is
 ``(M / (M + m0)) (N / (N + n0)) (K / (K + k0))`` over the GEMM a conv or fc lowers to.
 """
@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import HintsError
+from ..errors import HintsError
 
 FLOAT_BYTES = 4
 
@@ -69,7 +69,7 @@ def _conv_kernel(li) -> tuple[int, int]:
 
 
 def layer_features(li) -> LayerFeatures | None:
-    """Features of a ``tunerd.units.LayerInfo``; None for a view (free: no compute, no copy)."""
+    """Features of a ``tunerd.model.units.LayerInfo``; None for a view (free: no compute, no copy)."""
     if li.kind == "view":
         return None
     act_bytes = float(li.bytes_moved)
@@ -386,7 +386,7 @@ def cluster_coeffs(cluster: Mapping[str, Any], *, source: str = "board") -> Core
 
 
 def coeffs_from_board(board: Mapping[str, Any]) -> dict[str, CoreCoeffs]:
-    """Core type -> coefficients for a validated board dict (tunerd.boards.load_board)."""
+    """Core type -> coefficients for a validated board dict (tunerd.platform.boards.load_board)."""
     out: dict[str, CoreCoeffs] = {}
     name = str(board.get("name", "board"))
     for cluster in board["clusters"]:

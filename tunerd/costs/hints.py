@@ -1,7 +1,7 @@
 """Hints: a model's compile-time knowledge for one platform or board (DESIGN.md "hints").
 
 Per unit: FLOPs, weight bytes, bytes crossing the cut after it, and the **predicted ms** on every
-(core type, core count) of the platform, from :mod:`tunerd.costmodel` with coefficients from a
+(core type, core count) of the platform, from :mod:`tunerd.costs.costmodel` with coefficients from a
 calibration (``tunerd calibrate``) or a board file (``hints/boards/``). Stored as versioned JSON::
 
     {"schema": "tunerd-hints/1",
@@ -30,9 +30,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_table
-from .errors import ConfigError, HintsError
-from .files import atomic_write_text, load_json
-from .throughput import UnitCostTable, cores_column
+from ..errors import ConfigError, HintsError
+from ..files import atomic_write_text, load_json
+from ..tuning.throughput import UnitCostTable, cores_column
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Hints:
         return 1000.0 / float(self.ms(core_type, cores).sum())
 
     def to_table(self) -> UnitCostTable:
-        """The ``tunerd.throughput.UnitCostTable`` the DSE, tuner and simulator use."""
+        """The ``tunerd.tuning.throughput.UnitCostTable`` the DSE, tuner and simulator use."""
         return UnitCostTable({t: ms.copy() for t, ms in self.predicted_ms.items()}, self.out_bytes)
 
     # ------------------------------------------------------------------ JSON
@@ -241,7 +241,7 @@ def _check_costs(predicted: Mapping[str, np.ndarray], n_units: int, source: str)
 
 def _model(model_or_source, input_size=None):
     if isinstance(model_or_source, (str, os.PathLike)):
-        from .model import load_model
+        from ..model.loader import load_model
         return load_model(model_or_source, input_size=input_size)
     return model_or_source
 
@@ -277,14 +277,14 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
     """Hints for ``model`` (a Model, or a source for load_model) from exactly one of:
 
     - ``board``: a shipped board name, a board file path or a board dict;
-    - ``calibration``: a :class:`tunerd.calibrate.Calibration` or a calibration file path, for the
+    - ``calibration``: a :class:`tunerd.costs.calibrate.Calibration` or a calibration file path, for the
       clusters of ``platform`` (a Platform or spec string; default: the calibrated platform).
 
     A ``platform`` that is a simulated board (``board:NAME``) stands for ``board``.
     """
     model = _model(model)
     if platform is not None and not hasattr(platform, "clusters"):
-        from .platform import resolve_platform
+        from ..platform.clusters import resolve_platform
         platform = resolve_platform(str(platform))
     if board is None and platform is not None and getattr(platform, "source", "") == "board":
         if calibration is not None:
@@ -309,7 +309,7 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
 
 
 def _load_board(board) -> tuple[dict, str]:
-    from .boards import load_board
+    from ..platform.boards import load_board
     data = load_board(board)
     where = board if isinstance(board, (str, os.PathLike)) else data.get("name", "board")
     return data, str(where)

@@ -33,9 +33,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import tuner_states as states
-from .errors import TunerdError
-from .pipeconfig import PipelineConfig, parse_config
+from ..tuning import states
+from ..errors import TunerdError
+from ..pipeconfig import PipelineConfig, parse_config
 
 log = logging.getLogger(__name__)
 

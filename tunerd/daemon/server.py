@@ -25,13 +25,14 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from . import __version__, protocol
-from . import tuner_states as states
+from ..version import __version__
+from ..wire import protocol
+from ..tuning import states
 from .config import DaemonConfig
-from .errors import ConfigError, TunerdError
+from ..errors import ConfigError, TunerdError
 from .live import LiveTuning, WindowPolicy
 from .monitor import Monitor, MonitorConfig
-from .pipeconfig import ClusterSpec, parse_config, validate
+from ..pipeconfig import ClusterSpec, parse_config, validate
 from .sdnotify import Notifier, watchdog_interval
 from .state import StateStore, platform_signature
 
@@ -114,10 +115,10 @@ class Daemon:
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
-        from .model import load_model
-        from .pipeline import Pipeline
-        from .platform import resolve_platform
-        from .tuner import Tuner
+        from ..model.loader import load_model
+        from ..pipeline.executor import Pipeline
+        from ..platform.clusters import resolve_platform
+        from ..tuning.tuner import Tuner
 
         cfg = self.cfg
         self._check_single_instance()
@@ -157,7 +158,7 @@ class Daemon:
     def _hints(self):
         if self._hints_provider is not None:
             return self._hints_provider(self.model, self.platform)
-        from .hints import hints_for_platform
+        from ..costs.hints import hints_for_platform
         return hints_for_platform(self.model, self.platform, cache_dir=Path(self.cfg.state_dir) / "hints",
                                   sysfs_root=self.cfg.sysfs_root).to_table()
 
@@ -230,7 +231,7 @@ class Daemon:
     def _apply_curve(self, sock) -> None:
         if not self.cfg.curve_secret_key_file:
             return
-        from .security import configure_curve_server
+        from ..wire.security import configure_curve_server
         configure_curve_server(self._ctx, sock, self.cfg.curve_secret_key_file, self.cfg.curve_client_keys_dir)
 
     # ------------------------------------------------------------------ the loop
@@ -590,7 +591,7 @@ class Daemon:
                     path.unlink(missing_ok=True)
             if self.cfg.curve_secret_key_file:
                 # NOTE: the ZAP handler's thread holds sockets of this context: term() would wait for ever
-                from .security import stop_curve_server
+                from ..wire.security import stop_curve_server
                 stop_curve_server(self._ctx)
             self._ctx.term()
             self._ctx = None

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

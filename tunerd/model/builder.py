@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .errors import ModelError
+from ..errors import ModelError
 from .graph import Graph, Node
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import passes
-from .errors import ModelError
-from .files import atomic_write_text
+from ..errors import ModelError
+from ..files import atomic_write_text
 from .graph import Graph, Node
 from .plan import ExecutionPlan
 from .units import Unit, split_units

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ops
-from .errors import ModelError, UnsupportedOpError
+from ..errors import ModelError, UnsupportedOpError
 from .graph import Graph, Node, fresh_name
 
 EXPORT_OPSET = 13

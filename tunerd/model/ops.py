@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import kernels as K
-from .errors import ModelError, UnsupportedOpError
+from .. import kernels as K
+from ..errors import ModelError, UnsupportedOpError
 from .graph import Node
 
 Shape = tuple[int, ...]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels as K
+from .. import kernels as K
 from . import ops
-from .errors import ModelError, UnsupportedOpError
+from ..errors import ModelError, UnsupportedOpError
 from .graph import Graph, Node, fresh_name
 
 NOOP_OPS = frozenset({"Dropout", "Identity"})

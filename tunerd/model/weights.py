@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
-from .files import temp_path
+from ..errors import ModelError
+from ..files import temp_path
 
 MAGIC = b"TUNERDW1"
 ALIGN = 64

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .builder import GraphBuilder
-from .errors import ModelError
+from ..errors import ModelError
 from .graph import Graph
 
 NUM_CLASSES = 1000

@@ -13,7 +13,7 @@ bottleneck (largest compute / replicas), and the overheads as shares of the bott
 Like the daemon, the process moves its own threads off the bottleneck stage's cores while it
 streams (``Pipeline.place_host``), so the two measure the same arrangement.
 
-Hand-off and profiling are CPU times of the worker's thread (see tunerd.worker), so other
+Hand-off and profiling are CPU times of the worker's thread (see tunerd.pipeline.worker), so other
 processes holding the core do not count as overhead.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .platform import resolve_platform
+from ..errors import ConfigError
+from ..platform.clusters import resolve_platform
 
 
 def stream(pipe, x: np.ndarray, count: int, *, first_id: int = 0, poll_s: float = 0.05,
@@ -111,7 +111,7 @@ def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0,
 def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysfs_root: str = "/sys",
                    frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8,
                    place_host: bool = True) -> dict:
-    from .pipeline import Pipeline
+    from .executor import Pipeline
     platform = resolve_platform(platform_spec, sysfs_root=sysfs_root)
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     t_start = time.perf_counter()

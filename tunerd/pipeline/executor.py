@@ -1,8 +1,8 @@
 """The pipeline executor, main-process side: stage workers, rings, epochs, outcomes.
 
 ``Pipeline(model, config, platform)`` runs a model as a pipeline of stage worker processes
-(tunerd.worker), each pinned to a core set of one cluster, handing tensors over through
-shared-memory slot rings (tunerd.shm). The main process does no compute: it copies each submitted
+(tunerd.pipeline.worker), each pinned to a core set of one cluster, handing tensors over through
+shared-memory slot rings (tunerd.pipeline.shm). The main process does no compute: it copies each submitted
 frame into a slot of the first ring, passes small headers, copies each output out of the last ring
 and keeps the books. It is driven by a poll loop and never blocks longer than asked::
 
@@ -46,11 +46,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import worker as worker_mod
-from .costtable import CostTable
-from .errors import ConfigError, ModelError, TunerdError
-from .model import check_frame
-from .pipeconfig import PipelineConfig, assign_cpus, host_cpus, parse_config, validate
-from .platform import Platform, resolve_platform
+from .measured_costs import CostTable
+from ..errors import ConfigError, ModelError, TunerdError
+from ..model.loader import check_frame
+from ..pipeconfig import PipelineConfig, assign_cpus, host_cpus, parse_config, validate
+from ..platform.clusters import Platform, resolve_platform
 from .shm import Ring, slot_size
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Union
 
-from .errors import HintsError
+from ..errors import HintsError
 
 Freq = Union[int, float, None]
 Key = tuple[int, str, int, Freq]
@@ -156,7 +156,7 @@ class CostTable:
         return stat.n if stat else 0
 
     def refine(self, table: Any, *, min_samples: int = 3, freq: Any = ANY):
-        """A copy of ``table`` (a tunerd.throughput.UnitCostTable) whose predicted ms are replaced by
+        """A copy of ``table`` (a tunerd.tuning.throughput.UnitCostTable) whose predicted ms are replaced by
         measured means wherever this table has at least ``min_samples`` samples."""
         refined = table.copy()
         for core_type, ms in refined.predicted_ms.items():

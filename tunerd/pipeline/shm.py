@@ -21,7 +21,7 @@ import uuid
 
 import numpy as np
 
-from .errors import TunerdError
+from ..errors import TunerdError
 
 PAGE = mmap.PAGESIZE
 NAME_PREFIX = "tunerd-ring"

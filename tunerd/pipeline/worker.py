@@ -5,7 +5,7 @@ CPU affinity is per thread and BLAS starts its thread pool when numpy is importe
 sets the thread-count variables and pins every thread of the process, and only then imports numpy
 (threads made before that, e.g. by a parent ``__main__`` that spawn re-imports, are re-pinned too).
 
-Protocol (tunerd.pipeline is the other side). The worker holds one control connection to the main
+Protocol (tunerd.pipeline.executor is the other side). The worker holds one control connection to the main
 process and, per epoch, duplex links to the replicas of the stages before and after it. A *role* is
 what the worker does in one epoch: stage ``i`` replica ``a`` of ``R`` takes the frames whose index
 ``k`` in the epoch has ``k % R == a``, in order. Frame ``k`` of a cut lives in slot ``k % N`` of that
@@ -118,7 +118,7 @@ class StageWorker:
     def __init__(self, ctl: Connection, init: dict):
         from threadpoolctl import threadpool_limits
 
-        from .platform import effective_speed
+        from ..platform.clusters import effective_speed
         from .shm import Ring
         self._limits = threadpool_limits
         self._effective_speed = effective_speed
@@ -131,7 +131,7 @@ class StageWorker:
         self.sysfs_root = init["sysfs_root"]
         opener = init.get("opener")
         if opener is None:
-            from .model import Model
+            from ..model.loader import Model
             opener = Model.open
         self.model = opener(init["model_path"])
         self.rings: dict[int, object] = {}

@@ -13,9 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import HintsError
-from .files import load_json
-from .pipeconfig import ClusterSpec, is_cluster_name
+from ..errors import HintsError
+from ..files import load_json
+from ..pipeconfig import ClusterSpec, is_cluster_name
 
 __all__ = ["load_board", "validate_board", "board_clusters", "shipped_boards", "shipped_board_path"]
 

@@ -2,7 +2,7 @@
 
 Sources (DESIGN.md, "platform"), chosen by a spec string that parse_platform_spec reads:
 
-- ``auto``: discover() reads the sysfs tree under ``sysfs_root`` (see tunerd.sysfs for the roots).
+- ``auto``: discover() reads the sysfs tree under ``sysfs_root`` (see tunerd.platform.sysfs for the roots).
 - ``emulate:NAME=CPUS@SPEED,...``: real CPUs of this machine, each cluster slowed to SPEED (0 < SPEED
   <= 1). effective_speed() follows the emulated cpufreq files, so emulated DVFS and a real board go
   through the same reads.
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ConfigError, PlatformError
+from ..errors import ConfigError, PlatformError
 from .sysfs import (CPU_DIR, CPUFREQ_DIR, THERMAL_DIR, SysfsReader, arm_core_name, format_cpu_list,
                     parse_cpu_list, parse_cpuinfo, parse_int, parse_midr, read_parsed, read_positive_int)
 

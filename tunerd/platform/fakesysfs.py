@@ -2,7 +2,7 @@
 
 A fake tree is a fake filesystem root: ``ROOT/sys/...`` plays ``/sys`` and ``ROOT/proc/cpuinfo``
 plays ``/proc/cpuinfo``. The writers return the sysfs root (``ROOT/sys``), the directory to give as
-``--sysfs-root``; the reader finds ``cpuinfo`` next to it (tunerd.sysfs). File contents follow the
+``--sysfs-root``; the reader finds ``cpuinfo`` next to it (tunerd.platform.sysfs). File contents follow the
 kernel's formats: ranged lists in ``online``, space-separated ``related_cpus``, kHz, m°C.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .platform import PlatformSpec, parse_platform_spec
+from ..errors import ConfigError
+from .clusters import PlatformSpec, parse_platform_spec
 from .sysfs import CPU_DIR, CPUFREQ_DIR, THERMAL_DIR, format_cpu_list
 
 

@@ -4,7 +4,7 @@ Roots. ``sysfs_root`` is the directory that plays ``/sys`` (default ``/sys``): f
 ``SYSFS_ROOT/devices/system/cpu/...`` and ``SYSFS_ROOT/class/thermal/...``, the layout DESIGN.md uses
 for emulated cpufreq files. ``proc_root`` plays ``/proc`` (only ``cpuinfo`` is read); when it is not
 given it is the sibling ``proc`` of the sysfs root, so ``/sys`` gives ``/proc`` and a fake tree
-``DIR/sys`` gives ``DIR/proc`` (tunerd.fakesysfs writes both). Pass ``--proc-root`` to override.
+``DIR/sys`` gives ``DIR/proc`` (tunerd.platform.fakesysfs writes both). Pass ``--proc-root`` to override.
 
 Fallbacks. A file that is missing or unreadable (any OSError: sysfs attributes may also fail with
 EIO/ENODATA/EBUSY on read) gives the caller's default: the caller documents what that means. A file
@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .errors import PlatformError
+from ..errors import PlatformError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
+from ..errors import ConfigError
+from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
 from .throughput import PipelineModel, UnitCostTable
 
 __all__ = [

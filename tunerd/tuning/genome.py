@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 from deap import base, creator
 
-from .errors import ConfigError
-from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
+from ..errors import ConfigError
+from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
 
 __all__ = ["Genome", "GenomeSpace", "genome_to_config", "config_to_genome"]
 

@@ -7,7 +7,7 @@ shared memory bandwidth, and scheduled frequency changes.
 - **Measurements**: fps and each unit's ms carry independent ``noise`` (relative, Gaussian).
 - **Interconnect**: a cut between clusters moves the bytes crossing it at ``interconnect_gbs``.
 - **Shared bandwidth**: workers (stages x replicas) sharing a cluster slow each other by
-  ``contention_alphas(board, contention)`` per extra worker (see :mod:`tunerd.throughput`).
+  ``contention_alphas(board, contention)`` per extra worker (see :mod:`tunerd.tuning.throughput`).
 - **DVFS**: ``dvfs_schedule=[(at_window, cluster, factor)]`` sets the cluster's speed to ``factor``
   of nominal at that measurement window.
 
@@ -17,7 +17,7 @@ on the same costs: the whole network as one stage on one cluster with all its co
 (:func:`kernel_parallel_ms`): one stage spanning every core of every cluster, each layer's work
 split evenly over all the threads, as ARM-CL's static scheduler does.
 
-:func:`run_simulation` drives the real :class:`~tunerd.tuner.Tuner` (or any object with the same
+:func:`run_simulation` drives the real :class:`~tunerd.tuning.tuner.Tuner` (or any object with the same
 ask/tell/best/retune protocol, see :func:`drive`) against it and reports how close it got to the
 exhaustive optimum, how fast, and how much throughput it served while searching.
 """
@@ -28,10 +28,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .boards import board_clusters, load_board
+from ..platform.boards import board_clusters, load_board
 from .dse import DseResult, exhaustive_optimum
-from .errors import ConfigError
-from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, validate
+from ..errors import ConfigError
+from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, validate
 from .throughput import PipelineModel, UnitCostTable, transfer_ms
 from .tuner import Tuner
 
@@ -104,7 +104,7 @@ def kernel_parallel_parts(table: UnitCostTable, clusters: Sequence[Any], *, inte
     - then the clusters exchange what they produced: every cluster needs the whole activation for
       the next layer and made only its share, so (clusters - 1) x the bytes crossing the cut after
       u go over the interconnect (``interconnect_gbs``, the figure the pipeline model charges a cut
-      between clusters: :func:`tunerd.throughput.transfer_ms`), plus ``sync_us`` of cross-cluster
+      between clusters: :func:`tunerd.tuning.throughput.transfer_ms`), plus ``sync_us`` of cross-cluster
       barrier per unit (a board file's optional ``cross_cluster_sync_us``; 0 when it has none). The
       last unit's output goes to the client, not to the other clusters. Activations crossing
       between layers inside a unit are not counted: the cost is a lower bound.

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, HintsError
-from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
+from ..errors import ConfigError, HintsError
+from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
 
 __all__ = ["UnitCostTable", "PipelineModel", "pipeline_fps", "table_from_flops", "transfer_ms"]
 

@@ -14,7 +14,7 @@ What makes it evaluate few, well-chosen configs:
   counts, else about the unit on other core types (shrunk by the correlation of units' errors
   across core types, learnt from the data) plus the core type's overall bias. Measurements are
   kept apart by how many workers shared the cluster, so the bandwidth contention is learnt too;
-- each generation re-runs the exact DSE (:mod:`tunerd.dse`) on the refined table, the strongest
+- each generation re-runs the exact DSE (:mod:`tunerd.tuning.dse`) on the refined table, the strongest
   proposal source, and adds GA offspring (select, crossover, mutate, repair) around the population;
 - candidates are ranked by the surrogate; live evaluation goes, in this order, to one expected to
   beat the incumbent by ``promise``; else to a re-measurement of the incumbent or a contender
@@ -49,11 +49,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import tuner_states as states
+from . import states
 from .dse import explore, flops_balanced_split
-from .errors import ConfigError, TunerdError
+from ..errors import ConfigError, TunerdError
 from .genome import Genome, GenomeSpace
-from .pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, parse_config, validate
+from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, parse_config, validate
 from .throughput import PipelineModel, UnitCostTable
 
 __all__ = ["SurrogateTable", "Tuner", "STATE_VERSION"]
@@ -67,7 +67,7 @@ class SurrogateTable:
 
     Times are normalised to speed 1.0 (ms x the cluster's speed). They are kept apart by the
     number of workers that shared the cluster when measured, so the contention slowdown
-    ``1 + alpha * (workers - 1)`` (the model of :mod:`tunerd.throughput`) can be learnt from cells
+    ``1 + alpha * (workers - 1)`` (the model of :mod:`tunerd.tuning.throughput`) can be learnt from cells
     seen under different worker counts and divided out: the cells themselves are contention-free.
     """
 

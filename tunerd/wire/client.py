@@ -20,7 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
-from .errors import TunerdError
+from ..errors import TunerdError
 from .protocol import DEFAULT_LIMITS, Limits, Reply
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class ClientError(TunerdError):
 
 
 class RemoteError(ClientError):
-    """The daemon answered with an error: ``code`` (see tunerd.protocol) and ``message``."""
+    """The daemon answered with an error: ``code`` (see tunerd.wire.protocol) and ``message``."""
 
     def __init__(self, code: str, message: str, id: int | None = None):
         super().__init__(f"{code}: {message}" if message else code)

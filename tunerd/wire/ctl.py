@@ -15,13 +15,14 @@ from typing import Any, Sequence, TextIO
 
 import zmq
 
-from . import __version__, protocol
+from ..version import __version__
+from . import protocol
 from .client import (ClientError, ControlClient, DaemonNotRunning, RemoteError, VersionMismatch,
                      default_control_address, load_curve_keypair)
-from .errors import TunerdError
+from ..errors import TunerdError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_VERSION, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-DONE_STATES = ("converged", "pinned")   # tunerd.tuner_states.CONVERGED, PINNED
+DONE_STATES = ("converged", "pinned")   # tunerd.tuning.states.CONVERGED, PINNED
 SPARKS = "▁▂▃▄▅▆▇█"
 ASCII_SPARKS = "_.-:=+*#"
 CLEAR = "\x1b[H\x1b[2J"

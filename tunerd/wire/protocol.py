@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import msgpack
 import numpy as np
 
-from .errors import TunerdError
+from ..errors import TunerdError
 
 PROTOCOL_VERSION = 1
 DAEMON_NAME = "tunerd"
@@ -403,5 +403,5 @@ def decode_control_reply(frames: Sequence[Any] | bytes, *, limits: Limits = DEFA
 def hello_result(version: str | None = None) -> dict:
     """What the daemon answers to ``hello`` (besides ok/id)."""
     if version is None:
-        from . import __version__ as version
+        from ..version import __version__ as version
     return {"protocol": PROTOCOL_VERSION, "daemon": DAEMON_NAME, "version": version}

@@ -18,7 +18,7 @@ import os
 
 import zmq
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

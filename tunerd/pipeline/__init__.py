@@ -1,0 +1,7 @@
+"""The pipeline wing: running a config as pinned worker processes over shared memory.
+
+Owns the executor that starts stages, feeds frames and reconfigures live (executor), the stage worker
+process (worker), the shared-memory rings (shm), the per-unit times measured from the stages
+(measured_costs) and the in-process benchmark (bench). It may import the ground floor, tunerd.model
+and tunerd.platform; never the search, the daemon or the wire.
+"""
