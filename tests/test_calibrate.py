@@ -16,6 +16,7 @@ from tunerd.platform.fakesysfs import set_emulated_freq
 from tunerd.costs.hints import load_hints, make_hints
 from tunerd.model.loader import load_model
 from tunerd.platform.clusters import resolve_platform
+from tunerd.platform.identity import platform_key
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 
@@ -196,6 +197,6 @@ def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkey
     first = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
     again = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
     assert len(calls) == 1 and calls[0]["quick"] and not calls[0]["progress"]
-    assert (tmp_path / "state" / f"calibration-{H.platform_key(platform)}.json").is_file()
+    assert (tmp_path / "state" / f"calibration-{platform_key(platform)}.json").is_file()
     assert first.to_dict()["units"] == again.to_dict()["units"]
     assert again.producer["kind"] == "calibration"

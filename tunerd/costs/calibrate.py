@@ -428,7 +428,7 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
 
 def default_calibration_path(platform) -> Path:
     """Where ``tunerd calibrate`` keeps a platform's calibration when not told (``-o``)."""
-    from .hints import platform_key
+    from ..platform.identity import platform_key
     from ..model.loader import cache_dir
     return cache_dir() / "calibration" / f"{platform_key(platform)}.json"
 

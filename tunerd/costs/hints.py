@@ -32,6 +32,7 @@ import numpy as np
 from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_table
 from ..errors import ConfigError, HintsError
 from ..files import atomic_write_text, load_json
+from ..platform.identity import platform_key
 from ..tuning.throughput import UnitCostTable, cores_column
 
 log = logging.getLogger(__name__)
@@ -395,12 +396,6 @@ def shipped_hints(model_name: str, board_name: str) -> Hints | None:
 
 
 # ------------------------------------------------------------------------------ the daemon's hints
-
-def platform_key(platform) -> str:
-    """A short stable key of a platform's clusters (names, core types, CPUs, speeds)."""
-    desc = [[c.name, c.core_type, list(c.cpus), round(float(c.speed), 4)] for c in platform.clusters]
-    return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:12]
-
 
 def hints_for_platform(model, platform, *, cache_dir: str | os.PathLike | None = None,
                        sysfs_root: str | os.PathLike = "/sys", calibration=None) -> Hints:
