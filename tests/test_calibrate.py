@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from tunerd.costs import calibrate as C
+from tunerd.costs.calibration_child import robust_ms
+from tunerd.costs.calibration_file import SCHEMA, load_calibration
+from tunerd.costs.calibration_fit import Sample, _features, fit, refit
+from tunerd.costs.calibration_sweep import FULL_SWEEP, QUICK_SWEEP, build_layer
 from tunerd.costs import costmodel as cm
 from tunerd.commands.cli import main
 from tunerd.errors import ConfigError, HintsError
@@ -21,16 +25,16 @@ from tunerd.platform.identity import platform_key
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 
 
-@pytest.mark.parametrize("op, params", sorted(set(C.QUICK_SWEEP), key=str))
+@pytest.mark.parametrize("op, params", sorted(set(QUICK_SWEEP), key=str))
 def test_sweep_layers_build(op, params):
-    model = C.build_layer(op, params)
+    model = build_layer(op, params)
     assert len(model.units) == 1
     assert cm.FeatureTable.from_units(model.units).n_units == 1
 
 
 def test_every_kind_in_both_sweeps():
-    for sweep in (C.QUICK_SWEEP, C.FULL_SWEEP):
-        kinds = {cm.KINDS[k] for k in C._features(sweep).kind}
+    for sweep in (QUICK_SWEEP, FULL_SWEEP):
+        kinds = {cm.KINDS[k] for k in _features(sweep).kind}
         assert kinds == set(cm.KINDS)
 
 
@@ -39,23 +43,23 @@ def test_fit_recovers_a_known_model():
                          eff={"conv": 0.7, "conv1x1": 0.9, "depthwise": 0.1, "fc": 10.0, "pool": 0.05,
                               "lrn": 0.08, "elementwise": 0.1, "memory": 0.1},
                          overhead_us={k: 20.0 for k in cm.KINDS}, shape={"m0": 16.0, "n0": 64.0, "k0": 0.0})
-    sweep = C.QUICK_SWEEP
-    table = C._features(sweep)
+    sweep = QUICK_SWEEP
+    table = _features(sweep)
     samples = []
     for n, alpha in ((1, None), (2, 0.2)):
         c = true if alpha is None else true.with_(alpha={k: alpha for k in cm.KINDS}, alpha_mem=1.0)
         for i, ms in enumerate(cm.unit_ms(table, c, n)):
-            samples.append(C.Sample(i, "x", n, float(ms)))
+            samples.append(Sample(i, "x", n, float(ms)))
     # NOTE: weights far bigger than the cache, so the warm sweep sees them at DRAM speed too
-    coeffs, report = C.fit(samples, sweep, quick=True, llc={"x": 1.0})
+    coeffs, report = fit(samples, sweep, quick=True, llc={"x": 1.0})
     assert report["x"]["median_abs_err_1"] < 0.02
     assert report["x"]["median_abs_err_2"] < 0.1
 
 
 def test_robust_ms_ignores_slow_runs():
-    assert C.robust_ms([5.0, 1.0, 9.0]) == 1.0
+    assert robust_ms([5.0, 1.0, 9.0]) == 1.0
     runs = [1.0 + 0.01 * i for i in range(20)] + [30.0] * 20
-    assert C.robust_ms(runs) == pytest.approx(1.01, abs=0.01)
+    assert robust_ms(runs) == pytest.approx(1.01, abs=0.01)
 
 
 def test_progress_lines_when_not_a_terminal():
@@ -76,23 +80,23 @@ def test_calibration_file_errors(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"schema": "tunerd-calibration/0"}))
     with pytest.raises(HintsError, match="unsupported schema"):
-        C.load_calibration(path)
-    path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x", "coefficients": {}}))
+        load_calibration(path)
+    path.write_text(json.dumps({"schema": SCHEMA, "platform": {}, "date": "x", "coefficients": {}}))
     with pytest.raises(HintsError, match="non-empty"):
-        C.load_calibration(path)
-    path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x",
+        load_calibration(path)
+    path.write_text(json.dumps({"schema": SCHEMA, "platform": {}, "date": "x",
                                 "coefficients": {"A": {"gflops": 1}}}))
     with pytest.raises(HintsError, match="lack field 'bandwidth_gbs'"):
-        C.load_calibration(path)
+        load_calibration(path)
     with pytest.raises(HintsError, match="not found"):
-        C.load_calibration(tmp_path / "none.json")
+        load_calibration(tmp_path / "none.json")
     coeffs = cm.cluster_coeffs({"name": "x", "core_type": "A", "cores": 1, "gflops_per_core": 1.0,
                                 "bandwidth_gbs": 1.0}).to_dict()
     for key, junk in (("platform", "auto"), ("machine", 3), ("samples", {})):
-        path.write_text(json.dumps({"schema": C.SCHEMA, "platform": {}, "date": "x", "coefficients": {"A": coeffs},
+        path.write_text(json.dumps({"schema": SCHEMA, "platform": {}, "date": "x", "coefficients": {"A": coeffs},
                                     key: junk}))
         with pytest.raises(HintsError, match=f"'{key}' must be"):
-            C.load_calibration(path)
+            load_calibration(path)
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +113,15 @@ def quick_emulated(tmp_path_factory):
 
 def test_quick_calibration_on_emulated_clusters(quick_emulated, capsys):
     spec, path = quick_emulated
-    cal = C.load_calibration(path)
+    cal = load_calibration(path)
     assert cal.quick and cal.platform["spec"] == spec
     assert set(cal.coefficients) == {"emu@1", "emu@0.5"}
-    assert len(cal.samples) == 2 * len(C.QUICK_SWEEP)
+    assert len(cal.samples) == 2 * len(QUICK_SWEEP)
     assert cal.machine.get("numpy")
     # measured times are stretched by 1/speed, and the slow cluster's fit predicts ~2x slower
     measured = {t: np.array([s["ms"] for s in cal.samples if s["core_type"] == t]) for t in cal.coefficients}
     assert 1.4 < float(np.median(measured["emu@0.5"] / measured["emu@1"])) < 2.8
-    table = C._features(C.QUICK_SWEEP)
+    table = _features(QUICK_SWEEP)
     slow, fast = (cm.unit_ms(table, cal.coefficients[t], 1) for t in ("emu@0.5", "emu@1"))
     assert 1.4 < float(np.median(slow / fast)) < 2.8
     # and hints for a model come out per cluster
@@ -145,14 +149,14 @@ def test_a_throttle_in_force_while_calibrating_is_not_filed_as_the_nominal_cost(
         def close(self):
             pass
     monkeypatch.setattr(C, "Child", FakeChild)
-    samples = C.measure(platform, C.QUICK_SWEEP[:2], quick=True, progress=False, max_cores=1)
+    samples = C.measure(platform, QUICK_SWEEP[:2], quick=True, progress=False, max_cores=1)
     assert {(s.core_type, s.ms) for s in samples} == {("emu@1", 2.0), ("emu@0.5", 4.0)}
 
 
 def test_refit_reproduces_the_file(quick_emulated):
-    cal = C.load_calibration(quick_emulated[1])
-    again = C.refit(cal)
-    table = C._features(C.QUICK_SWEEP)
+    cal = load_calibration(quick_emulated[1])
+    again = refit(cal)
+    table = _features(QUICK_SWEEP)
     for t, c in cal.coefficients.items():      # the same up to the rounding of stored times
         np.testing.assert_allclose(cm.unit_ms(table, again.coefficients[t], 1), cm.unit_ms(table, c, 1), rtol=1e-2)
 
@@ -192,7 +196,7 @@ def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkey
 
     def fake_calibrate(p, **kw):
         calls.append(kw)
-        return C.load_calibration(path)
+        return load_calibration(path)
     monkeypatch.setattr(C, "calibrate", fake_calibrate)
     first = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
     again = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")

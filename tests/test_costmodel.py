@@ -9,7 +9,7 @@ import pytest
 
 from tunerd.costs import costmodel as cm
 from tunerd.platform.boards import load_board
-from tunerd.costs.calibrate import build_layer
+from tunerd.costs.calibration_sweep import build_layer
 from tunerd.errors import HintsError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

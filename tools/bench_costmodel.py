@@ -9,9 +9,9 @@ measured side by side (the children take turns, a few frames each) so they see t
 Two statistics are printed side by side. "median": a unit's time is its median over all frames and
 the network's time the median frame time. "clean": the same medians over the runs during which no
 thread of the measuring process waited for a CPU (``/proc/self/task/*/schedstat``, see
-``tunerd.costs.calibrate.WaitClock``): what the machine does when nobody else runs. A unit with fewer than
-three clean runs falls back to the median of its fastest tenth; a network with fewer than three
-clean frames to the sum of its units. "clean" and "units" give the clean frames and the share of
+``tunerd.costs.calibration_child.WaitClock``): what the machine does when nobody else runs. A unit
+with fewer than three clean runs falls back to the median of its fastest tenth; a network with fewer
+than three clean frames to the sum of its units. "clean" and "units" give the clean frames and the share of
 clean unit runs.
 Figures: the median absolute percentage error over a model's units ("unit MdAPE") and the error of
 the predicted whole network (sum of predicted units) against the measured one ("net err").
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tunerd.costs.calibrate import (  # noqa: E402
-    Child, calibrate, is_clean, load_calibration, robust_ms, save_calibration,
-)
+from tunerd.costs.calibrate import calibrate  # noqa: E402
+from tunerd.costs.calibration_child import Child, is_clean, robust_ms  # noqa: E402
+from tunerd.costs.calibration_file import load_calibration, save_calibration  # noqa: E402
 from tunerd.costs.hints import make_hints  # noqa: E402
 from tunerd.model.loader import load_model  # noqa: E402
 from tunerd.platform.clusters import resolve_platform  # noqa: E402

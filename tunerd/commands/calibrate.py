@@ -23,7 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..costs.calibrate import calibrate, default_calibration_path, save_calibration
+    from ..costs.calibrate import calibrate
+    from ..costs.calibration_file import default_calibration_path, save_calibration
     from ..platform.clusters import resolve_platform
     platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root)
     cal = calibrate(platform, quick=args.quick, sysfs_root=args.sysfs_root, progress=not args.no_progress)

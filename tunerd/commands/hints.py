@@ -41,7 +41,7 @@ def run(args) -> int:
         else:
             calibration = args.calibration
             if calibration is None:
-                from ..costs.calibrate import default_calibration_path
+                from ..costs.calibration_file import default_calibration_path
                 path = default_calibration_path(platform)
                 if not path.is_file():
                     raise ConfigError(f"no calibration for platform {platform.describe()}: run "

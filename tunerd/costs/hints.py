@@ -278,7 +278,7 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
     """Hints for ``model`` (a Model, or a source for load_model) from exactly one of:
 
     - ``board``: a shipped board name, a board file path or a board dict;
-    - ``calibration``: a :class:`tunerd.costs.calibrate.Calibration` or a calibration file path, for the
+    - ``calibration``: a :class:`tunerd.costs.calibration_file.Calibration` or a calibration file path, for the
       clusters of ``platform`` (a Platform or spec string; default: the calibrated platform).
 
     A ``platform`` that is a simulated board (``board:NAME``) stands for ``board``.
@@ -296,7 +296,7 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
         raise HintsError("hints need either a board or a calibration (with its platform)")
     if board is not None:
         return _board_hints(model, board)
-    from .calibrate import load_calibration, Calibration
+    from .calibration_file import Calibration, load_calibration
     cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
     if platform is not None:
         clusters = [{"name": c.name, "core_type": c.core_type, "cores": c.cores} for c in platform.clusters]
@@ -408,7 +408,8 @@ def hints_for_platform(model, platform, *, cache_dir: str | os.PathLike | None =
     if getattr(platform, "source", "") == "board":
         return make_hints(model, platform=platform)
     if calibration is None:
-        from .calibrate import calibrate, default_calibration_path, save_calibration
+        from .calibrate import calibrate
+        from .calibration_file import default_calibration_path, save_calibration
         candidates = [default_calibration_path(platform)]
         if cache_dir is not None:
             candidates.insert(0, Path(cache_dir) / f"calibration-{platform_key(platform)}.json")
