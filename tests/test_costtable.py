@@ -98,7 +98,7 @@ def test_bad_samples_raise_valueerror(args):
 
 
 def test_refine_replaces_predictions_with_enough_samples():
-    from tunerd.tuning.throughput import UnitCostTable
+    from tunerd.costs.table import UnitCostTable
     hints = UnitCostTable({"A73": np.full((3, 2), 10.0)}, np.ones(3))
     t = CostTable()
     for ms in (4.0, 5.0, 6.0):

@@ -8,7 +8,8 @@ import pytest
 from tunerd.tuning import dse
 from tunerd.errors import ConfigError, HintsError
 from tunerd.pipeconfig import ClusterSpec, PipelineConfig, Stage, parse_config
-from tunerd.tuning.throughput import PipelineModel, UnitCostTable, pipeline_fps, table_from_flops, transfer_ms
+from tunerd.costs.table import UnitCostTable
+from tunerd.tuning.throughput import PipelineModel, pipeline_fps, table_from_flops, transfer_ms
 
 
 def _random_case(rng, n, contention):

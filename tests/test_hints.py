@@ -42,7 +42,7 @@ def test_make_hints_from_board(small, small_hints):
 
 
 def test_to_table(small_hints):
-    from tunerd.tuning.throughput import UnitCostTable
+    from tunerd.costs.table import UnitCostTable
     table = small_hints.to_table()
     assert isinstance(table, UnitCostTable)
     assert table.n_units == small_hints.n_units

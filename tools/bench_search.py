@@ -39,7 +39,8 @@ from tunerd.errors import TunerdError  # noqa: E402
 from tunerd.tuning.genome import GenomeSpace  # noqa: E402
 from tunerd.tuning.simulator import (DEFAULT_CONTENTION, DEFAULT_CONTENTION_PRIOR, SimulatedBoard,  # noqa: E402
                               contention_prior, drive, synthetic_table)
-from tunerd.tuning.throughput import PipelineModel, UnitCostTable  # noqa: E402
+from tunerd.costs.table import UnitCostTable  # noqa: E402
+from tunerd.tuning.throughput import PipelineModel  # noqa: E402
 from tunerd.tuning.tuner import Tuner  # noqa: E402
 
 # Illustrative boards used when the shipped board files are not installed.

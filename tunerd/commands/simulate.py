@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
 
 def load_table(args: argparse.Namespace, board: dict) -> tuple[Any, str]:
     """The predicted unit cost table for the run and a name for the model."""
-    from ..tuning.throughput import UnitCostTable  # noqa: PLC0415
+    from ..costs.table import UnitCostTable  # noqa: PLC0415
     try:
         from ..costs import hints  # noqa: PLC0415 - written separately; only needed here
     except ImportError as err:

@@ -33,7 +33,7 @@ from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_tabl
 from ..errors import ConfigError, HintsError
 from ..files import atomic_write_text, load_json
 from ..platform.identity import platform_key
-from ..tuning.throughput import UnitCostTable, cores_column
+from .table import UnitCostTable, cores_column
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Hints:
         return 1000.0 / float(self.ms(core_type, cores).sum())
 
     def to_table(self) -> UnitCostTable:
-        """The ``tunerd.tuning.throughput.UnitCostTable`` the DSE, tuner and simulator use."""
+        """The ``tunerd.costs.table.UnitCostTable`` the DSE, tuner and simulator use."""
         return UnitCostTable({t: ms.copy() for t, ms in self.predicted_ms.items()}, self.out_bytes)
 
     # ------------------------------------------------------------------ JSON

@@ -156,7 +156,7 @@ class CostTable:
         return stat.n if stat else 0
 
     def refine(self, table: Any, *, min_samples: int = 3, freq: Any = ANY):
-        """A copy of ``table`` (a tunerd.tuning.throughput.UnitCostTable) whose predicted ms are replaced by
+        """A copy of ``table`` (a tunerd.costs.table.UnitCostTable) whose predicted ms are replaced by
         measured means wherever this table has at least ``min_samples`` samples."""
         refined = table.copy()
         for core_type, ms in refined.predicted_ms.items():

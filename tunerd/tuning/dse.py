@@ -23,9 +23,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..costs.table import UnitCostTable
 from ..errors import ConfigError
 from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs
-from .throughput import PipelineModel, UnitCostTable
+from .throughput import PipelineModel
 
 __all__ = [
     "DseResult", "Layout", "stage_options", "enumerate_layouts", "best_split", "explore",

@@ -32,7 +32,8 @@ from ..platform.boards import board_clusters, load_board
 from .dse import DseResult, exhaustive_optimum
 from ..errors import ConfigError
 from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, validate
-from .throughput import PipelineModel, UnitCostTable, transfer_ms
+from ..costs.table import UnitCostTable
+from .throughput import PipelineModel, transfer_ms
 from .tuner import Tuner
 
 __all__ = ["SimulatedBoard", "run_simulation", "drive", "synthetic_table", "contention_prior", "contention_alphas",
