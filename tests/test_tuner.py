@@ -12,8 +12,9 @@ from tunerd.platform.boards import board_clusters
 from tunerd.errors import ConfigError, TunerdError
 from tunerd.pipeconfig import parse_config, validate
 from tunerd.tuning.simulator import SimulatedBoard, contention_prior, run_simulation, synthetic_table
-from tunerd.tuning.throughput import UnitCostTable
-from tunerd.tuning.tuner import SurrogateTable, Tuner
+from tunerd.costs.table import UnitCostTable
+from tunerd.tuning.surrogate import SurrogateTable
+from tunerd.tuning.tuner import Tuner
 
 TX2 = {"name": "tx2-like", "interconnect_gbs": 4.0, "clusters": [
     {"name": "denver", "core_type": "Denver2", "cores": 2, "freq_mhz": 2035, "gflops_per_core": 8.0, "bandwidth_gbs": 10.0},
