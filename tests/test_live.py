@@ -14,7 +14,8 @@ from tunerd.pipeline.measured_costs import CostTable as MeasuredTable
 from tunerd.platform.fakesysfs import make_emulated_tree
 from tunerd.daemon.live import LiveTuning, WindowPolicy, _Window
 from tunerd.pipeconfig import ClusterSpec, parse_config
-from tunerd.pipeline.executor import Outcome, Pipeline, PipelineError, StageTiming
+from tunerd.pipeline.executor import Pipeline
+from tunerd.pipeline.outcomes import Outcome, PipelineError, StageTiming
 from tunerd.platform.clusters import resolve_platform
 from tunerd.tuning.tuner import Tuner
 

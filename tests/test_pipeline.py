@@ -22,7 +22,8 @@ import pytest
 
 from tunerd.errors import ConfigError, ModelError
 from tunerd.pipeconfig import assign_cpus
-from tunerd.pipeline.executor import Pipeline, PipelineError
+from tunerd.pipeline.executor import Pipeline
+from tunerd.pipeline.outcomes import PipelineError
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
 pytestmark = pytest.mark.skipif(not TWO_CPUS, reason="needs CPUs 0 and 1")
@@ -371,7 +372,7 @@ def test_a_reconfiguration_that_cannot_start_leaves_the_old_config_running(monke
         def no_more_sockets(*args):
             raise OSError(24, "Too many open files")
         with monkeypatch.context() as m:
-            m.setattr("tunerd.pipeline.executor.socket.socketpair", no_more_sockets)
+            m.setattr("tunerd.pipeline.epochs.socket.socketpair", no_more_sockets)
             with pytest.raises(PipelineError, match="cannot start 0-2@big:1 \\| 3-5@little:1.*Too many open files"):
                 pipe.reconfigure("0-2@big:1 | 3-5@little:1")
         assert str(pipe.config) == "0-5@big:1"

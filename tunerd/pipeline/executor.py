@@ -1,4 +1,10 @@
-"""The pipeline executor, main-process side: stage workers, rings, epochs, outcomes.
+"""The pipeline executor, main-process side: ``Pipeline``, its construction, and the frame path
+(frames in, messages out, outcomes, recovery from a dead worker).
+
+Its other parts live beside it: the worker handles and the starting and retiring of epochs in
+tunerd.pipeline.epochs, the stats and host placement in tunerd.pipeline.reports (both bases of
+``Pipeline``), and the records it hands out (``Outcome``, ``StageTiming``, ``PipelineError``) in
+tunerd.pipeline.outcomes.
 
 ``Pipeline(model, config, platform)`` runs a model as a pipeline of stage worker processes
 (tunerd.pipeline.worker), each pinned to a core set of one cluster, handing tensors over through
@@ -33,70 +39,30 @@ import logging
 import math
 import multiprocessing
 import os
-import select
-import socket
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
-from multiprocessing.reduction import send_handle
 from typing import Any, Callable
 
 import numpy as np
 
-from . import worker as worker_mod
+from .epochs import Epoch, EpochKeeping, Resources, WorkerHandle, boundary_shapes
 from .measured_costs import CostTable
+from .outcomes import Outcome, PipelineError, StageTiming, clock
+from .reports import PipelineReports
 from ..errors import ConfigError, ModelError, TunerdError
 from ..model.loader import check_frame
-from ..pipeconfig import PipelineConfig, assign_cpus, host_cpus, parse_config, validate
+from ..pipeconfig import PipelineConfig, parse_config, validate
 from ..platform.clusters import Platform, resolve_platform
 from .shm import Ring, slot_size
 
 log = logging.getLogger(__name__)
-clock = time.perf_counter   # the workers' clock too (CLOCK_MONOTONIC)
 cpu_clock = time.thread_time  # for this process's own cost per frame
 
 STOP_GRACE_S = 2.0          # how long close() lets workers finish before killing them
 MAX_FRUITLESS_RESTARTS = 3  # restarts in a row without a frame done: the pipeline is broken
-
-
-class PipelineError(TunerdError):
-    """The pipeline cannot go on (closed, or its workers keep dying)."""
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    """One stage's part of one frame, in ms. ``compute`` (wall) includes the emulated stretch;
-    ``wait`` (wall) is time waiting for the input, ``blocked`` (wall) waiting for a free output
-    slot; ``handoff`` is the worker's CPU time to receive, release and send, ``profiling`` its CPU
-    time reading frequencies for the cost table (the extra clock reads of per-unit timing are
-    inside ``compute``). ``freq`` is the effective speed (emulated) or kHz (real; None unknown)."""
-
-    stage: int
-    replica: int
-    compute_ms: float
-    wait_ms: float
-    blocked_ms: float
-    handoff_ms: float
-    profiling_ms: float
-    freq: int | float | None
-    sampled: bool = False                # per-unit times were taken (run_timed) on this frame
-    cpu_share: float | None = None       # CPU time / (wall x cores) while computing: < 1 when other
-    #                                      processes held the stage's cores (None: not computed)
-
-
-@dataclass
-class Outcome:
-    frame_id: Any
-    ok: bool
-    output: np.ndarray | None
-    epoch: int
-    error: str | None = None
-    latency: float = 0.0                 # seconds from submit to the output reaching this process
-    stages: tuple[StageTiming, ...] = ()
-    attempts: int = 1
-    done_at: float = 0.0                 # time.perf_counter() when it reached this process
 
 
 @dataclass(eq=False)
@@ -110,72 +76,7 @@ class _Record:
     outcome: Outcome | None = None
 
 
-@dataclass(eq=False)   # identity: a worker is itself, not its field values
-class _Worker:
-    wid: int
-    process: Any
-    ctl: Any
-    cpus: tuple[int, ...]
-    threads: int
-    pid: int
-    units: tuple[int, int] | None = None     # unit range of its latest role
-    epochs: set = field(default_factory=set)  # epochs it still has a role in
-    rings: set = field(default_factory=set)   # ring ids it has mapped
-    retiring: bool = False
-    dead: bool = False
-    error: str | None = None                  # what it said before it died
-    poller: Any = None                        # select.poll on ctl alone (cheap "anything more?")
-
-    def __post_init__(self) -> None:
-        self.poller = select.poll()
-        self.poller.register(self.ctl.fileno(), select.POLLIN)
-
-    def readable(self) -> bool:
-        return bool(self.poller.poll(0))
-
-
-@dataclass(eq=False)
-class _Epoch:
-    number: int
-    config: PipelineConfig
-    start: int
-    rings: list[Ring]
-    roles: list[list[_Worker]]
-    requested_at: float
-    end: int | None = None
-    pending: set = field(default_factory=set)    # worker ids that have not finished their role
-    released: set = field(default_factory=set)   # input-ring frame indices stage 0 has released
-    first_out: float | None = None
-
-
-class _Resources:
-    """What must be released however the pipeline goes away (close, garbage, interpreter exit)."""
-
-    def __init__(self) -> None:
-        self.workers: list[_Worker] = []
-        self.rings: list[Ring] = []
-
-    def shutdown(self) -> None:
-        for w in self.workers:
-            if w.process.is_alive():
-                w.process.kill()
-        for w in self.workers:
-            w.process.join(1.0)
-            w.ctl.close()
-        self.workers.clear()
-        for ring in self.rings:
-            ring.close()
-        self.rings.clear()
-
-
-def _boundary_shapes(model) -> list[tuple[int, ...]]:
-    """Shape of the tensor entering unit u (index u) and leaving the last unit (index n)."""
-    units = model.units
-    shapes = [tuple(model.shapes[u.input]) for u in units]
-    return shapes + [tuple(model.shapes[units[-1].output])]
-
-
-class Pipeline:
+class Pipeline(EpochKeeping, PipelineReports):
     """Runs ``model`` as the pipeline ``config`` on ``platform`` (a Platform or a spec string).
 
     ``ring_slots``: slots per ring (frames a cut can hold; >= replicas on both sides + 1 keeps every
@@ -205,7 +106,7 @@ class Pipeline:
         if getattr(model, "path", None) is None:
             raise ModelError("the model has no stored copy to map (load it with load_model(..., store=True))")
         self.n_units = len(model.units)
-        self._shapes = _boundary_shapes(model)
+        self._shapes = boundary_shapes(model)
         self.input_shape = self._shapes[0]
         self.output_shape = self._shapes[-1]
         self.ring_slots = int(ring_slots)
@@ -221,11 +122,11 @@ class Pipeline:
         self._emulated = platform.source == "emulate"
         config = self._check_config(config)
 
-        self._res = _Resources()
-        self._finalizer = weakref.finalize(self, _Resources.shutdown, self._res)
+        self._res = Resources()
+        self._finalizer = weakref.finalize(self, Resources.shutdown, self._res)
         self._free_rings: list[Ring] = []
         self._poll_set = None
-        self._epochs: dict[int, _Epoch] = {}
+        self._epochs: dict[int, Epoch] = {}
         self._next_epoch = 0
         self._next_wid = 0
         self._next_seq = 0
@@ -318,11 +219,6 @@ class Pipeline:
         return out
 
     @property
-    def main_seconds(self) -> float:
-        """CPU seconds this process has spent on frames: copies in and out, messages, books."""
-        return self._main_s
-
-    @property
     def pending(self) -> int:
         """Frames submitted whose outcome has not been polled yet."""
         return len(self._order)
@@ -349,93 +245,11 @@ class Pipeline:
         self._maybe_retire(old)
         return new.number
 
-    def handles(self) -> list:
-        """Objects (connections and process sentinels) a poll loop can wait on with
-        ``multiprocessing.connection.wait``: one becomes ready when ``poll`` has something to do."""
-        if self._closed:
-            return []
-        return [w.ctl for w in self._res.workers] + [w.process.sentinel for w in self._res.workers]
-
     def wait(self, timeout: float | None = None) -> bool:
         """Sleep until there is something for ``poll`` (or ``timeout``); True if there is."""
         if self._front_done():
             return True
         return bool(mp_wait(self.handles(), timeout))
-
-    def worker_pids(self) -> list[int]:
-        return [w.pid for w in self._res.workers if not w.dead]
-
-    def worker_info(self, timeout: float = 5.0) -> list[dict]:
-        """Ask every worker for its pid, thread affinities, BLAS threads, cached plans."""
-        self._check_open()
-        want = [w for w in self._res.workers if not w.dead]
-        self._infos.clear()
-        for w in want:
-            self._send(w, ("info",))
-        deadline = clock() + timeout
-        while len(self._infos) < len(want) and clock() < deadline:
-            self._service(min(0.1, deadline - clock()))
-        return [self._infos[w.wid] for w in want if w.wid in self._infos]
-
-    def stats(self) -> dict:
-        """Per-stage means over the recent window of the current epoch, the bottleneck, fps."""
-        ep = self._current
-        recent = list(self._recent.get(ep.number, ()))
-        stages = []
-        for i, st in enumerate(ep.config.stages):
-            rows = [t for _, _, timings in recent for t in timings if t.stage == i]
-            mean = (lambda f: float(np.mean([f(r) for r in rows])) if rows else None)
-            compute = mean(lambda r: r.compute_ms)
-            stages.append({"stage": i, "config": str(st), "frames": len(rows), "compute_ms": compute,
-                           "wait_ms": mean(lambda r: r.wait_ms), "blocked_ms": mean(lambda r: r.blocked_ms),
-                           "handoff_ms": mean(lambda r: r.handoff_ms),
-                           "profiling_ms": mean(lambda r: r.profiling_ms),
-                           "period_ms": compute / st.replicas if compute is not None else None})
-        periods = [s["period_ms"] for s in stages]
-        bottleneck = (int(np.argmax(periods)) if all(p is not None for p in periods) else None)
-        fps = None
-        if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
-            fps = (len(recent) - 1) / (recent[-1][0] - recent[0][0])
-        return {"epoch": ep.number, "config": str(ep.config), "frames_done": self.frames_done,
-                "frames_failed": self.frames_failed, "restarts": self.restarts, "window": len(recent),
-                "fps": fps, "latency_ms": (float(np.median([lat for _, lat, _ in recent])) * 1000
-                                          if recent else None),
-                "stages": stages, "bottleneck": bottleneck, "switches": list(self._switches),
-                "main_ms_per_frame": (1000 * self._main_s / self.frames_done if self.frames_done else None)}
-
-    def host_cpus(self, min_frames: int = 4) -> tuple[int, ...]:
-        """CPUs where the process feeding this pipeline takes the least from its stages
-        (``pipeconfig.host_cpus``), from the current epoch's measured stage periods once every
-        stage has ``min_frames`` in the window; () when there is no advice yet. CPUs this process
-        may use outside the platform (an emulated board on part of a machine) come first."""
-        outside = tuple(sorted(self._allowed_host_cpus - set(self.platform.cpus)))
-        if outside:
-            return outside
-        stages = self.stats()["stages"]
-        periods = None
-        if all(st["frames"] >= min_frames for st in stages):
-            periods = [st["period_ms"] for st in stages]
-        return host_cpus(self._current.config, self.platform.clusters, periods)
-
-    def place_host(self) -> tuple[int, ...]:
-        """Move every thread of the calling process to ``host_cpus()`` (within the CPUs it was
-        allowed when the pipeline started); returns where its threads run now (() = never moved).
-
-        For a process whose job is feeding this pipeline (the daemon, ``tunerd bench``): its
-        sockets and frame copies then come out of a stage's slack, not the bottleneck's time.
-        Call it now and then (a few times a second at most); it moves the threads only when the
-        advice changes, and ``close`` gives the process its CPUs back.
-        """
-        cpus = tuple(c for c in self.host_cpus() if c in self._allowed_host_cpus)
-        if cpus and cpus != self.host_placement:
-            try:
-                worker_mod.pin_all_threads(cpus)
-            except OSError as err:
-                log.debug("cannot move this process's threads to CPUs %s: %s", cpus, err)
-            else:
-                log.debug("feeding process moved to CPUs %s (pipeline %s)", cpus, self._current.config)
-                self.host_placement = cpus
-        return self.host_placement
 
     def close(self) -> None:
         """Stop the workers (killing those that do not stop within a grace period), free the
@@ -444,12 +258,7 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
-        if self.host_placement:
-            try:
-                worker_mod.pin_all_threads(self._allowed_host_cpus)
-            except OSError as err:
-                log.warning("cannot give this process back CPUs %s: %s", sorted(self._allowed_host_cpus), err)
-            self.host_placement = ()
+        self._give_host_cpus_back()
         for w in self._res.workers:
             if not w.dead:
                 self._send(w, ("stop",), quiet=True)
@@ -480,149 +289,6 @@ class Pipeline:
     def _check_input(self, array) -> np.ndarray:
         return check_frame(array, self.input_shape)
 
-    # ------------------------------------------------------------------ epochs and workers
-    def _ring(self) -> Ring:
-        if self._free_rings:
-            return self._free_rings.pop()
-        ring = Ring.create(len(self._res.rings), self.ring_slots, self.slot_bytes)
-        self._res.rings.append(ring)
-        return ring
-
-    def _start_epoch(self, config: PipelineConfig, requested_at: float) -> _Epoch:
-        stages = config.stages
-        cpu_sets = assign_cpus(config, self.platform.clusters)
-        number = self._next_epoch
-        self._next_epoch += 1
-        free = [w for w in self._res.workers if not w.retiring and not w.dead]
-        roles: list[list[_Worker]] = []
-        for i, stage in enumerate(stages):
-            row = []
-            for cpus in cpu_sets[i]:
-                w = self._pick(free, tuple(cpus), (stage.first, stage.last))
-                if w is None:
-                    w = self._spawn(tuple(cpus), stage.cores)
-                else:
-                    free.remove(w)
-                row.append(w)
-            roles.append(row)
-        rings = []
-        try:
-            for _ in range(len(stages) + 1):
-                rings.append(self._ring())
-        except BaseException:
-            self._free_rings.extend(rings)
-            raise
-        ep = _Epoch(number, config, self._next_seq, rings, roles, requested_at)
-        self._epochs[number] = ep
-        self._recent[number] = deque(maxlen=self.window)
-        try:
-            self._link_and_give_roles(ep, cpu_sets)
-        except BaseException:
-            # NOTE: a half-started epoch must not linger: it ends before its first frame, so the
-            # workers that got a role drop it, and the usual retirement returns its rings
-            ep.end = ep.start
-            for w in {w.wid: w for stage in roles for w in stage}.values():
-                self._send(w, ("end", number, ep.start), quiet=True)
-            self._maybe_retire(ep)
-            raise
-        # workers without a role: keep a few idle ones for reuse, let the others go
-        keep = len(self.platform.cpus)
-        active = sum(1 for w in self._res.workers if not w.retiring and not w.dead)
-        for w in free:
-            if active <= keep:
-                break
-            w.retiring = True
-            active -= 1
-            self._send(w, ("exit",))
-        return ep
-
-    def _pick(self, free: list[_Worker], cpus: tuple[int, ...], units: tuple[int, int]) -> _Worker | None:
-        """The free worker that can take this role most cheaply: same cores and units, same cores,
-        overlapping cores, any."""
-        def score(w: _Worker) -> tuple:
-            same = set(w.cpus) == set(cpus)
-            return (same and w.units == units, same, bool(set(w.cpus) & set(cpus)), -len(w.epochs))
-        return max(free, key=score, default=None)
-
-    def _link_and_give_roles(self, ep: _Epoch, cpu_sets) -> None:
-        """Links (a socketpair for every producer replica x consumer replica of each inner cut),
-        then every worker's role in ``ep``."""
-        roles, stages = ep.roles, ep.config.stages
-        links: list = []
-        try:
-            for i in range(len(stages) - 1):
-                links.append([])
-                for _ in roles[i]:
-                    links[i].append([])
-                    for _ in roles[i + 1]:
-                        links[i][-1].append(socket.socketpair())
-            for i in range(len(stages)):
-                for a, w in enumerate(roles[i]):
-                    prev = [links[i - 1][p][a][1] for p in range(len(roles[i - 1]))] if i > 0 else []
-                    nxt = [links[i][a][c][0] for c in range(len(roles[i + 1]))] if i < len(stages) - 1 else []
-                    self._give_role(w, ep, i, a, tuple(cpu_sets[i][a]), prev, nxt)
-        finally:
-            for per_cut in links:
-                for per_prod in per_cut:
-                    for s1, s2 in per_prod:
-                        s1.close()
-                        s2.close()
-
-    def _spawn(self, cpus: tuple[int, ...], threads: int) -> _Worker:
-        wid = self._next_wid
-        self._next_wid += 1
-        parent, child = self._ctx.Pipe(duplex=True)
-        init = {"wid": wid, "cpus": cpus, "threads": threads, "model_path": os.fspath(self.model.path),
-                "opener": self._opener, "sysfs_root": self.sysfs_root}
-        proc = self._ctx.Process(target=worker_mod.main, args=(child, init), daemon=True,
-                                 name=f"tunerd-stage-{wid}")
-        proc.start()
-        child.close()
-        w = _Worker(wid, proc, parent, cpus, threads, proc.pid)
-        self._res.workers.append(w)
-        log.debug("spawned stage worker %d (pid %d) on CPUs %s", wid, proc.pid, cpus)
-        return w
-
-    def _give_role(self, w: _Worker, ep: _Epoch, i: int, a: int, cpus: tuple[int, ...], prev: list,
-                   nxt: list) -> None:
-        config = ep.config
-        stage = config.stages[i]
-        cluster = self.platform.cluster(stage.cluster)
-        new_rings = [r for r in (ep.rings[i], ep.rings[i + 1]) if r.ring_id not in w.rings]
-        new_rings = list({r.ring_id: r for r in new_rings}.values())
-        spec = {"epoch": ep.number, "stage": i, "n_stages": len(config.stages), "replica": a,
-                "replicas": stage.replicas, "start": ep.start, "first": stage.first, "last": stage.last,
-                "cpus": cpus, "threads": stage.cores, "n_slots": self.ring_slots,
-                "in_ring": ep.rings[i].ring_id, "out_ring": ep.rings[i + 1].ring_id,
-                "in_shape": self._shapes[stage.first], "out_shape": self._shapes[stage.last + 1],
-                "cluster": cluster, "emulated": self._emulated, "profile_every": self.profile_every,
-                "freq_path": None if self._emulated else cluster.policy_path(self.sysfs_root, "scaling_cur_freq"),
-                "new_rings": [(r.ring_id, r.n_slots, r.slot_bytes) for r in new_rings],
-                "prev_links": len(prev), "next_links": len(nxt)}
-        ep.pending.add(w.wid)
-        w.epochs.add(ep.number)
-        w.cpus, w.threads, w.units = cpus, stage.cores, (stage.first, stage.last)
-        try:
-            w.ctl.send(("role", spec))
-            for r in new_rings:
-                send_handle(w.ctl, r.fileno(), w.pid)
-                w.rings.add(r.ring_id)
-            for s in prev + nxt:
-                send_handle(w.ctl, s.fileno(), w.pid)
-        except OSError as err:
-            # NOTE: it is dead or dying: its sentinel tells _service, which restarts the pipeline
-            log.warning("stage worker %d (pid %d) cannot take a role: %s", w.wid, w.pid, err)
-
-    def _maybe_retire(self, ep: _Epoch) -> None:
-        """Return a drained, superseded epoch's rings to the pool."""
-        if ep is self._current or ep.pending or ep.number not in self._epochs:
-            return
-        del self._epochs[ep.number]
-        self._free_rings.extend(ep.rings)
-        self._recent.pop(ep.number, None)
-        for w in {w.wid: w for stage in ep.roles for w in stage}.values():
-            self._send(w, ("close", ep.number))
-
     # ------------------------------------------------------------------ frames in
     def _input_free(self) -> bool:
         ep = self._current
@@ -647,31 +313,9 @@ class Pipeline:
         while self._backlog and not self._closed and self._input_free():
             self._enter(self._backlog.popleft())
 
-    def _send(self, w: _Worker, msg: tuple, quiet: bool = False) -> None:
-        if w.dead:
-            return
-        try:
-            w.ctl.send(msg)
-        except OSError as err:
-            # NOTE: a dead worker's socket: its sentinel tells _service, which restarts the pipeline
-            if not quiet:
-                log.debug("send to stage worker %d failed: %s", w.wid, err)
-
     # ------------------------------------------------------------------ messages out
     def _front_done(self) -> bool:
         return bool(self._order) and self._order[0].outcome is not None
-
-    def _poller(self):
-        """One select.poll over every live worker's connection and sentinel, rebuilt on change."""
-        live = tuple(w for w in self._res.workers if not w.dead)
-        if self._poll_set is None or self._poll_set[0] != live:
-            poller, by_fd = select.poll(), {}
-            for w in live:
-                for fd, is_ctl in ((w.ctl.fileno(), True), (w.process.sentinel, False)):
-                    poller.register(fd, select.POLLIN)
-                    by_fd[fd] = (w, is_ctl)
-            self._poll_set = (live, poller, by_fd)
-        return self._poll_set
 
     def _service(self, timeout: float) -> None:
         """Handle every message and death that is ready (waiting up to ``timeout`` s for one)."""
@@ -706,7 +350,7 @@ class Pipeline:
         elif self._backlog:
             self._feed()
 
-    def _drain(self, w: _Worker) -> bool:
+    def _drain(self, w: WorkerHandle) -> bool:
         """Handle all messages from ``w``; False if its connection is gone."""
         try:
             while w.readable():
@@ -715,7 +359,7 @@ class Pipeline:
             return False
         return True
 
-    def _handle(self, w: _Worker, msg: tuple) -> None:
+    def _handle(self, w: WorkerHandle, msg: tuple) -> None:
         kind = msg[0]
         if kind == "F":
             self._output(*msg[1:])
@@ -771,7 +415,7 @@ class Pipeline:
                     "output_gap_ms": 1000 * (now - self._last_out) if self._last_out is not None else None})
         self._last_out = now
 
-    def _learn(self, ep: _Epoch, timings: tuple) -> None:
+    def _learn(self, ep: Epoch, timings: tuple) -> None:
         """Per-unit times of a sampled frame into the cost table."""
         for s, _, _, _, _, _, _, freq, unit_s, _ in timings:
             if unit_s:
@@ -788,7 +432,7 @@ class Pipeline:
         self.frames_failed += 1
 
     # ------------------------------------------------------------------ faults
-    def _recover(self, faults: list[_Worker]) -> None:
+    def _recover(self, faults: list[WorkerHandle]) -> None:
         """Some worker died: restart every worker on the current config, re-run what was inside."""
         reason = "; ".join(
             w.error or f"stage worker {w.wid} (pid {w.pid}) died "
@@ -799,8 +443,8 @@ class Pipeline:
         config = self._current.config
         self._finalizer.detach()
         self._res.shutdown()
-        self._res = _Resources()
-        self._finalizer = weakref.finalize(self, _Resources.shutdown, self._res)
+        self._res = Resources()
+        self._finalizer = weakref.finalize(self, Resources.shutdown, self._res)
         self._free_rings.clear()
         self._epochs.clear()
         self._inflight.clear()
