@@ -10,10 +10,20 @@ __all__ = [
 ]
 
 
-def load_model(source, *, input_size=None):
-    """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.loader.load_model)."""
+def load_model(source, *, input_size=None, backend=None):
+    """Load a model: a path to an .onnx file or ``zoo:NAME`` (see tunerd.model.loader.load_model).
+
+    ``Model.run(x)`` then runs it whole in this process on ``backend``: ``"numpy"`` (the
+    dependency-free reference), ``"onnxruntime"``, or None / ``"auto"`` (onnxruntime when it is
+    installed, else numpy; the choice and its reason are logged at INFO)."""
+    import logging
+
+    from .backends import resolve
     from .model.loader import load_model as _load
-    return _load(source, input_size=input_size)
+    chosen, why = resolve(backend)
+    model = _load(source, input_size=input_size)
+    logging.getLogger(__name__).info("%s: %s", model.name, why)
+    return model.use_backend(chosen)
 
 
 def __getattr__(name):

@@ -44,6 +44,9 @@ class StageRunner(ABC):
     last_unit: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    # False where run_timed times units apart and they add up to more than run takes (the worker then
+    # scales them to the stage's untimed compute, tunerd.pipeline.worker._attribute)
+    timed_sums_to_run: bool = True
 
     @property
     def n_units(self) -> int:
@@ -74,6 +77,9 @@ class StageRunner(ABC):
 
 class Backend(ABC):
     name: str = ""
+    # frames between two timed frames a stage should use by default: a backend whose timed run costs
+    # more (a chain of per-unit sessions) samples less often, so profiling stays a few % of the period
+    profile_every: int = 8
 
     @classmethod
     def available(cls) -> bool:

@@ -57,6 +57,8 @@ class Model:
         self.hash = content_hash or graph.content_hash()
         self.path = path
         self._plan: ExecutionPlan | None = None
+        self._backend = None        # None: run() uses the numpy plan (the reference)
+        self._whole = None          # the backend's runner of all units, made on the first run()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -97,9 +99,27 @@ class Model:
                              input_name=first.input, output_name=last.output,
                              unit_ends=[u.last for u in self.units[first_unit:last_unit + 1]])
 
+    @property
+    def backend(self) -> str:
+        """The name of the backend run() uses (``numpy`` unless use_backend chose another)."""
+        return self._backend.name if self._backend is not None else "numpy"
+
+    def use_backend(self, backend) -> "Model":
+        """Make run() go through ``backend``: anything with ``name`` and ``compile(model, first_unit,
+        last_unit, threads)`` returning a runner with ``output_shape`` and ``run(x, out)`` (a
+        tunerd.backends Backend; this wing does not import that one). None: the numpy plan again."""
+        self._backend, self._whole = backend, None
+        return self
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run the whole model in this process (the reference). Returns a new array."""
+        """Run the whole model in this process on its backend (the numpy plan by default: the
+        reference). Returns a new array."""
         x = self.check_input(x)
+        if self._backend is not None:
+            if self._whole is None:
+                self._whole = self._backend.compile(self, 0, len(self.units) - 1, 1)
+            out = np.empty(self._whole.output_shape, np.float32)
+            return self._whole.run(x, out)
         if self._plan is None:
             self._plan = self.plan()
         return self._plan.run(x).copy()

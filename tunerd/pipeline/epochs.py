@@ -192,7 +192,7 @@ class EpochKeeping:
         self._next_wid += 1
         parent, child = self._ctx.Pipe(duplex=True)
         init = {"wid": wid, "cpus": cpus, "threads": threads, "model_path": os.fspath(self.model.path),
-                "opener": self._opener, "sysfs_root": self.sysfs_root}
+                "opener": self._opener, "sysfs_root": self.sysfs_root, "backend": self.backend.name}
         proc = self._ctx.Process(target=worker_mod.main, args=(child, init), daemon=True,
                                  name=f"tunerd-stage-{wid}")
         proc.start()

@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backends import get_backend
 from .epochs import Epoch, EpochKeeping, Resources, WorkerHandle, boundary_shapes
 from .measured_costs import CostTable
 from .outcomes import Outcome, PipelineError, StageTiming, clock
@@ -80,18 +81,24 @@ class Pipeline(EpochKeeping, PipelineReports):
     """Runs ``model`` as the pipeline ``config`` on ``platform`` (a Platform or a spec string).
 
     ``ring_slots``: slots per ring (frames a cut can hold; >= replicas on both sides + 1 keeps every
-    replica busy). ``profile_every``: per-unit times every k-th frame (0: never). ``max_inflight``:
+    replica busy). ``backend``: what runs the stages' units, ``numpy`` (the default here: the
+    dependency-free reference), ``onnxruntime`` or ``auto`` (tunerd.backends; the daemon and the
+    commands default to ``auto``). ``profile_every``: per-unit times every k-th frame (0: never;
+    None: the backend's default, 8 for numpy, 16 for onnxruntime). ``max_inflight``:
     frames submitted and not yet polled (default: no bound beyond the rings). ``opener``: a picklable
     ``opener(path) -> model`` the workers use to open ``model.path`` (default ``Model.open``).
     """
 
     def __init__(self, model, config: PipelineConfig | str, platform: Platform | str | None = None, *,
-                 sysfs_root: str | os.PathLike | None = None, ring_slots: int = 4, profile_every: int = 8,
+                 sysfs_root: str | os.PathLike | None = None, ring_slots: int = 4, profile_every: int | None = None,
                  max_inflight: int | None = None, max_retries: int = 1, window: int = 64,
-                 opener: Callable | None = None, start_method: str = "spawn"):
+                 opener: Callable | None = None, start_method: str = "spawn", backend: str | None = "numpy"):
         self._closed = True   # until constructed: close() and __del__ are safe on a half-built one
         if ring_slots < 2:
             raise ConfigError(f"ring_slots must be >= 2, got {ring_slots}")
+        self.backend = get_backend(backend)   # resolved here: a missing onnxruntime fails before any spawn
+        if profile_every is None:
+            profile_every = self.backend.profile_every
         if profile_every < 0:
             raise ConfigError(f"profile_every must be >= 0, got {profile_every}")
         if start_method == "fork":

@@ -68,6 +68,7 @@ class PipelineReports:
                 "frames_failed": self.frames_failed, "restarts": self.restarts, "window": len(recent),
                 "fps": fps, "latency_ms": (float(np.median([lat for _, lat, _ in recent])) * 1000
                                           if recent else None),
+                "backend": self.backend.name,
                 "stages": stages, "bottleneck": bottleneck, "switches": list(self._switches),
                 "main_ms_per_frame": (1000 * self._main_s / self.frames_done if self.frames_done else None)}
 

@@ -5,7 +5,7 @@ CPU affinity is per thread and BLAS starts its thread pool when numpy is importe
 sets the thread-count variables and pins every thread of the process, and only then imports numpy
 (threads made before that, e.g. by a parent ``__main__`` that spawn re-imports, are re-pinned too).
 
-Protocol (tunerd.pipeline.executor is the other side). The worker holds one control connection to the main
+Protocol (tunerd.pipeline.executor and tunerd.pipeline.epochs are the other side). The worker holds one control connection to the main
 process and, per epoch, duplex links to the replicas of the stages before and after it. A *role* is
 what the worker does in one epoch: stage ``i`` replica ``a`` of ``R`` takes the frames whose index
 ``k`` in the epoch has ``k % R == a``, in order. Frame ``k`` of a cut lives in slot ``k % N`` of that
@@ -25,7 +25,9 @@ control connection. Messages are small tuples; tensors never leave the rings:
 
 A worker keeps its roles in epoch order: it finishes every frame of an epoch (those below the end
 sequence number the main process announces) before it switches to its next role, re-pinning its
-threads and changing its BLAS thread count in place; plans are cached per unit range.
+threads and changing its BLAS thread count in place. A stage runs its units through a backend
+(tunerd.backends: numpy plans or onnxruntime sessions, chosen by ``init["backend"]``); runners are
+cached per (unit range, threads), so a reconfiguration that reuses a range builds nothing.
 
 Emulated clusters: after computing a frame the worker sleeps ``compute * (1/speed - 1)``, with
 ``speed`` re-read from the emulated cpufreq files (``effective_speed``) after every frame. Sleeping
@@ -44,7 +46,7 @@ from multiprocessing.connection import Connection
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-MAX_PLANS = 4
+MAX_RUNNERS = 4
 clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable between processes
 cpu_clock = time.thread_time
 # NOTE: hand-off and profiling are measured in this thread's CPU time: they are what this worker
@@ -105,6 +107,7 @@ class _Role:
         self.next = nxt             # None: the main process consumes its output
         self.k = self.replica       # index in the epoch of the next frame to run
         self.active = False
+        self.untimed_s: float | None = None   # compute of the last frame run without timing
 
     def finished(self) -> bool:
         return self.end is not None and self.start + self.k >= self.end
@@ -118,6 +121,7 @@ class StageWorker:
     def __init__(self, ctl: Connection, init: dict):
         from threadpoolctl import threadpool_limits
 
+        from ..backends import get_backend
         from ..platform.clusters import effective_speed
         from .shm import Ring
         self._limits = threadpool_limits
@@ -134,8 +138,11 @@ class StageWorker:
             from ..model.loader import Model
             opener = Model.open
         self.model = opener(init["model_path"])
+        # NOTE: made here, after main() pinned every thread: a backend's thread pools (onnxruntime's
+        # intra-op threads) start inside the stage's CPU mask and inherit it
+        self.backend = get_backend(init.get("backend", "numpy"))
         self.rings: dict[int, object] = {}
-        self.plans: OrderedDict = OrderedDict()
+        self.runners: OrderedDict = OrderedDict()
         self.roles: dict[int, _Role] = {}
         self.done_roles: dict[int, _Role] = {}   # finished, links not closed yet (see _finish)
         self.inbox: dict[int, tuple[deque, deque]] = {}   # epoch -> (frames, releases) from main
@@ -202,26 +209,27 @@ class StageWorker:
         nxt = [Connection(recv_handle(self.ctl)) for _ in range(spec["next_links"])]
         self.roles[spec["epoch"]] = _Role(spec, prev if spec["stage"] > 0 else None,
                                           nxt if spec["stage"] < spec["n_stages"] - 1 else None)
-        self._plan(spec["first"], spec["last"])   # build ahead, between frames of the current role
+        self._runner(spec["first"], spec["last"], spec["threads"])   # build ahead, between frames of the current role
 
     def info(self) -> dict:
         from threadpoolctl import threadpool_info
         return {"wid": self.wid, "pid": os.getpid(), "cpus": sorted(self.cpus), "threads": self.threads,
                 "affinity": thread_affinities(),
                 "blas_threads": [i.get("num_threads") for i in threadpool_info()],
-                "plans": [list(k) for k in self.plans], "roles": sorted(self.roles),
+                "backend": self.backend.name, "runners": [list(k) for k in self.runners],
+                "roles": sorted(self.roles),
                 "rings": sorted(self.rings)}
 
     # ------------------------------------------------------------------ roles
-    def _plan(self, first: int, last: int):
-        key = (first, last)
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self.plans[key] = self.model.plan(first, last)
-            while len(self.plans) > MAX_PLANS:
-                self.plans.popitem(last=False)
-        self.plans.move_to_end(key)
-        return plan
+    def _runner(self, first: int, last: int, threads: int):
+        key = (first, last, threads)
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.runners[key] = self.backend.compile(self.model, first, last, threads)
+            while len(self.runners) > MAX_RUNNERS:
+                self.runners.popitem(last=False)[1].close()
+        self.runners.move_to_end(key)
+        return runner
 
     def _activate(self, role: _Role) -> None:
         spec = role.spec
@@ -232,7 +240,7 @@ class StageWorker:
         if spec["threads"] != self.threads:
             self._limits(limits=spec["threads"])
             self.threads = spec["threads"]
-        role.plan = self._plan(spec["first"], spec["last"])
+        role.runner = self._runner(spec["first"], spec["last"], spec["threads"])
         role.in_ring = self.rings[spec["in_ring"]]
         role.out_ring = self.rings[spec["out_ring"]]
         role.active = True
@@ -330,12 +338,19 @@ class StageWorker:
             tc, pc = clock(), time.process_time()
             try:
                 if sample:
-                    _, unit_s = role.plan.run_timed(x, out=y)
+                    unit_s = role.runner.run_timed(x, y)
                 else:
-                    role.plan.run(x, out=y)
+                    role.runner.run(x, y)
             except Exception as e:  # a kernel failure fails this frame only, and travels with it
-                err = f"stage {role.stage} (units {spec['first']}-{spec['last']}): {type(e).__name__}: {e}"
+                err = (f"stage {role.stage} (units {spec['first']}-{spec['last']}, {self.backend.name} backend): "
+                       f"{type(e).__name__}: {e}")
             compute = clock() - tc
+            if unit_s is not None and not role.runner.timed_sums_to_run:
+                unit_s, excess = _attribute(unit_s, compute, role.untimed_s)
+                prof += excess
+                compute -= excess
+            elif unit_s is None and err is None:
+                role.untimed_s = compute
             share = (time.process_time() - pc) / (compute * self.threads) if compute > 0 else 1.0
             if unit_s is not None:
                 prof += (len(unit_s) + 1) * self.clock_cost
@@ -389,10 +404,28 @@ class StageWorker:
             role.close()
         self.roles.clear()
         self.done_roles.clear()
-        self.plans.clear()
+        for runner in self.runners.values():
+            runner.close()
+        self.runners.clear()
         for ring in self.rings.values():
             ring.close()
         self.rings.clear()
+
+
+def _attribute(unit_s: list[float], timed_s: float, untimed_s: float | None) -> tuple[list[float], float]:
+    """Per-unit times of a backend whose timed run is slower than its plain one, as shares of the plain one.
+
+    onnxruntime times units with one session per unit, and each unit boundary costs a re-layout and
+    a session call that the fused range does not pay (20-47 % more in all on the zoo models). What
+    the cost table needs is each unit's share of the stage as it really runs, so the times are scaled
+    to sum to the last untimed frame's compute; the excess of the timed frame over that is
+    profiling, not compute, so the stage's measured period is not inflated by sampling.
+    Returns (scaled unit times, excess seconds)."""
+    total = sum(unit_s)
+    if untimed_s is None or total <= 0 or untimed_s >= timed_s:
+        return unit_s, 0.0
+    scale = untimed_s / total
+    return [t * scale for t in unit_s], timed_s - untimed_s
 
 
 def _clock_cost(n: int = 2000) -> float:
