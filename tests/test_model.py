@@ -13,13 +13,18 @@ from tunerd.model.loader import Model
 ZOO = [("alexnet", 64, 8), ("googlenet", 32, 13), ("mobilenet", 32, 28), ("resnet50", 32, 18), ("squeezenet", 32, 18)]
 
 
+def load_reference(source, **kw):
+    """The model on the numpy backend: this file tests the model wing's own plans (the reference)."""
+    return tunerd.load_model(source, backend="numpy", **kw)
+
+
 def frame(model, seed=0):
     return np.random.default_rng(seed).standard_normal(model.input_shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("name,size,units", ZOO)
 def test_zoo_unit_counts_at_full_size(name, size, units):
-    model = tunerd.load_model(f"zoo:{name}")
+    model = load_reference(f"zoo:{name}")
     assert model.input_shape == (1, 3, 224, 224)
     assert len(model.units) == units
     assert model.output_shape == (1, 1000)
@@ -32,7 +37,7 @@ def test_zoo_unit_counts_at_full_size(name, size, units):
 
 @pytest.mark.parametrize("name,size,units", ZOO)
 def test_zoo_small_outputs_are_informative(name, size, units):
-    model = tunerd.load_model(f"zoo:{name}", input_size=size)
+    model = load_reference(f"zoo:{name}", input_size=size)
     out = model.run(frame(model))
     assert out.shape == (1, 1000) and out.dtype == np.float32
     assert np.all(np.isfinite(out))
@@ -44,21 +49,21 @@ def test_zoo_small_outputs_are_informative(name, size, units):
 
 
 def test_zoo_is_deterministic():
-    a = tunerd.load_model("zoo:squeezenet", input_size=32)
-    b = tunerd.load_model("zoo:squeezenet", input_size=32)
+    a = load_reference("zoo:squeezenet", input_size=32)
+    b = load_reference("zoo:squeezenet", input_size=32)
     assert a.hash == b.hash
     np.testing.assert_array_equal(a.run(frame(a)), b.run(frame(b)))
 
 
 def test_flops_of_known_networks():
     # multiply-adds counted as 2: AlexNet (BVLC, grouped) ~1.45 GFLOP, ResNet-50 ~8.2 GFLOP at 224
-    assert tunerd.load_model("zoo:alexnet").flops == pytest.approx(1.45e9, rel=0.05)
-    assert tunerd.load_model("zoo:resnet50").flops == pytest.approx(8.2e9, rel=0.05)
-    assert tunerd.load_model("zoo:mobilenet").flops == pytest.approx(1.14e9, rel=0.05)
+    assert load_reference("zoo:alexnet").flops == pytest.approx(1.45e9, rel=0.05)
+    assert load_reference("zoo:resnet50").flops == pytest.approx(8.2e9, rel=0.05)
+    assert load_reference("zoo:mobilenet").flops == pytest.approx(1.14e9, rel=0.05)
 
 
 def test_plans_by_unit_range_compose_to_the_whole_model():
-    model = tunerd.load_model("zoo:googlenet", input_size=32)
+    model = load_reference("zoo:googlenet", input_size=32)
     x = frame(model)
     ref = model.run(x)
     cut = 5
@@ -70,7 +75,7 @@ def test_plans_by_unit_range_compose_to_the_whole_model():
 
 @pytest.mark.parametrize("name,size", [("alexnet", 64), ("squeezenet", 32)])
 def test_plan_run_into_given_output_and_timed(name, size):
-    model = tunerd.load_model(f"zoo:{name}", input_size=size)
+    model = load_reference(f"zoo:{name}", input_size=size)
     plan = model.plan()
     x = frame(model)
     out = np.empty(plan.output_shape, np.float32)
@@ -81,7 +86,7 @@ def test_plan_run_into_given_output_and_timed(name, size):
 
 
 def test_concat_inputs_are_written_in_place():
-    model = tunerd.load_model("zoo:googlenet", input_size=32)
+    model = load_reference("zoo:googlenet", input_size=32)
     plan = model.plan()
     assert len(plan._concat_inputs) == 9            # every inception block's concat
     x = frame(model)
@@ -95,7 +100,7 @@ def test_concat_inputs_are_written_in_place():
 
 
 def test_stored_model_maps_weights_read_only(tmp_path):
-    model = tunerd.load_model("zoo:squeezenet", input_size=32)
+    model = load_reference("zoo:squeezenet", input_size=32)
     assert model.path is not None
     again = Model.open(model.path)
     w = next(iter(again.graph.weights.values()))
@@ -111,21 +116,21 @@ def test_stored_model_maps_weights_read_only(tmp_path):
     ([[1.0]], "numpy array"),
 ])
 def test_run_rejects_bad_input(bad, match):
-    model = tunerd.load_model("zoo:squeezenet", input_size=32)
+    model = load_reference("zoo:squeezenet", input_size=32)
     with pytest.raises(ModelError, match=match):
         model.run(bad)
 
 
 def test_unknown_zoo_model_and_missing_file():
     with pytest.raises(ModelError, match="unknown zoo model 'vgg'"):
-        tunerd.load_model("zoo:vgg")
+        load_reference("zoo:vgg")
     with pytest.raises(ModelError, match="not found"):
-        tunerd.load_model("/nonexistent/model.onnx")
+        load_reference("/nonexistent/model.onnx")
 
 
 def test_too_small_input_is_a_clear_error():
     with pytest.raises(ModelError, match="too small|empty"):
-        tunerd.load_model("zoo:alexnet", input_size=16)
+        load_reference("zoo:alexnet", input_size=16)
 
 
 def test_unsupported_op_is_named_at_load_time():
@@ -135,14 +140,14 @@ def test_unsupported_op_is_named_at_load_time():
 
 
 def test_batch_norm_and_activation_are_folded():
-    model = tunerd.load_model("zoo:mobilenet", input_size=32)
+    model = load_reference("zoo:mobilenet", input_size=32)
     ops = {n.op for n in model.graph.nodes}
     assert "BatchNormalization" not in ops and "Clip" not in ops
     assert all(n.attrs.get("activation") == "relu6" for n in model.graph.nodes if n.op == "Conv")
 
 
 def test_plan_ending_in_an_in_place_concat_writes_into_out():
-    model = tunerd.load_model("zoo:googlenet", input_size=32)
+    model = load_reference("zoo:googlenet", input_size=32)
     x = frame(model)
     head = model.plan(0, 3)                          # unit 3 = inception_3a, ends in its Concat
     assert head.output_name in head._concat_inputs
@@ -218,4 +223,4 @@ def test_an_unwritable_model_cache_is_a_clear_error(tmp_path, monkeypatch):
     blocker.write_text("a file where the cache directory should be\n")
     monkeypatch.setenv("TUNERD_CACHE_DIR", str(blocker))
     with pytest.raises(ModelError, match="cannot store the optimised model in .*TUNERD_CACHE_DIR"):
-        tunerd.load_model("zoo:squeezenet", input_size=32)
+        load_reference("zoo:squeezenet", input_size=32)
