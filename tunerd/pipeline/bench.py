@@ -109,17 +109,18 @@ def measure(pipe, x: np.ndarray, frames: int, warmup: int, *, first_id: int = 0,
 
 
 def bench_pipeline(model, config_text: str, *, platform_spec: str = "auto", sysfs_root: str = "/sys",
-                   frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int = 8,
-                   place_host: bool = True) -> dict:
+                   frames: int = 20, warmup: int = 3, ring_slots: int = 4, profile_every: int | None = None,
+                   place_host: bool = True, backend: str | None = "numpy") -> dict:
     from .executor import Pipeline
     platform = resolve_platform(platform_spec, sysfs_root=sysfs_root)
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     t_start = time.perf_counter()
     with Pipeline(model, config_text, platform, sysfs_root=sysfs_root, ring_slots=ring_slots,
-                  profile_every=profile_every) as pipe:
+                  profile_every=profile_every, backend=backend) as pipe:
         measured = measure(pipe, x, frames, warmup, place_host=place_host)
         measured["host_cpus"] = list(pipe.host_placement) or None
     result = {"model": model.name, "input_shape": list(model.input_shape), "mode": "pipeline",
+              "backend": measured.get("backend") or str(backend),
               "platform": platform.describe(), "startup_s": measured.pop("first_out") - t_start}
     result.update(measured)
     return result
