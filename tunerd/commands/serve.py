@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE", help=f"TOML config file (default {DEFAULT_CONFIG_FILE} if present)")
     p.add_argument("--model", metavar="SRC", help="zoo:NAME or a path to an .onnx file")
     p.add_argument("--input-size", type=int, metavar="N", help="input height = width (default: the model's)")
+    p.add_argument("--backend", choices=["auto", "numpy", "onnxruntime"],
+                   help="what runs the stages: onnxruntime, numpy (no dependencies) or auto (onnxruntime "
+                        "when installed; the default)")
     p.add_argument("--platform", metavar="SPEC", help="auto | emulate:NAME=CPUS@SPEED,...")
     p.add_argument("--frames", metavar="ADDR", help="frames socket, ipc://PATH or tcp://HOST:PORT")
     p.add_argument("--control", metavar="ADDR", help="control socket (tunerctl), ipc://PATH or tcp://HOST:PORT")
@@ -31,7 +34,7 @@ def run(args) -> int:
     from ..daemon.server import Daemon
     path = args.config or DEFAULT_CONFIG_FILE
     overrides = {
-        "source": args.model, "input_size": args.input_size, "spec": args.platform, "frames": args.frames,
+        "source": args.model, "input_size": args.input_size, "backend": args.backend, "spec": args.platform, "frames": args.frames,
         "control": args.control, "sysfs_root": args.sysfs_root, "state_dir": args.state_dir,
         "log_level": args.log_level, "budget": args.budget, "seed": args.seed, "pin": args.pin,
     }

@@ -26,6 +26,7 @@ class DaemonConfig:
     # [model]
     source: str = "zoo:mobilenet"
     input_size: int | None = None
+    backend: str = "auto"
     # [platform]
     spec: str = "auto"
     sysfs_root: str = "/sys"
@@ -55,7 +56,7 @@ class DaemonConfig:
 
 SECTIONS = {
     "daemon": ("frames", "control", "state_dir", "log_level", "allow_remote"),
-    "model": ("source", "input_size"),
+    "model": ("source", "input_size", "backend"),
     "platform": ("spec", "sysfs_root", "poll_interval_s", "place_self"),
     "tuner": ("budget", "seed", "population", "window_frames", "window_min_seconds", "drift_threshold",
               "pin"),
@@ -124,6 +125,8 @@ def validate(cfg: DaemonConfig) -> None:
         raise ConfigError(f"poll_interval_s must be > 0, got {cfg.poll_interval_s}")
     if cfg.input_size is not None and cfg.input_size < 8:
         raise ConfigError(f"input_size must be >= 8, got {cfg.input_size}")
+    if cfg.backend not in ("auto", "numpy", "onnxruntime"):
+        raise ConfigError(f"backend must be auto, numpy or onnxruntime, got {cfg.backend!r}")
     if cfg.frames == cfg.control:
         raise ConfigError(f"frames and control must be two addresses, both are {cfg.frames!r}")
     for key in ("frames", "control"):
