@@ -19,7 +19,7 @@ from tunerd.errors import ConfigError, HintsError
 from tunerd.platform.fakesysfs import set_emulated_freq
 from tunerd.costs.hints import load_hints, make_hints
 from tunerd.model.loader import load_model
-from tunerd.platform.clusters import resolve_platform
+from tunerd.platform.spec import resolve_platform
 from tunerd.platform.identity import platform_key
 
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2

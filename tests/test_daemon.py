@@ -33,7 +33,7 @@ from tunerd.platform.fakesysfs import set_emulated_freq
 from tunerd.daemon.live import LiveTuning, WindowPolicy
 from tunerd.daemon.monitor import Monitor, MonitorConfig
 from tunerd.pipeconfig import ClusterSpec, assign_cpus, parse_config
-from tunerd.platform.clusters import resolve_platform
+from tunerd.platform.spec import resolve_platform
 from tunerd.daemon.server import Daemon
 from tunerd.tuning.simulator import synthetic_table
 from tunerd.daemon.state import StateStore, platform_signature

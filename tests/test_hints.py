@@ -133,7 +133,7 @@ def test_make_hints_needs_one_source(small):
 
 
 def test_board_platform_stands_for_its_board(small):
-    from tunerd.platform.clusters import resolve_platform
+    from tunerd.platform.spec import resolve_platform
     h = H.make_hints(small, platform=resolve_platform("board:odroid-xu3"))
     assert h.producer["name"] == "odroid-xu3"
     assert H.hints_for_platform(small, resolve_platform("board:odroid-xu3")).n_units == h.n_units

@@ -16,7 +16,7 @@ from tunerd.daemon.live import LiveTuning, WindowPolicy, _Window
 from tunerd.pipeconfig import ClusterSpec, parse_config
 from tunerd.pipeline.executor import Pipeline
 from tunerd.pipeline.outcomes import Outcome, PipelineError, StageTiming
-from tunerd.platform.clusters import resolve_platform
+from tunerd.platform.spec import resolve_platform
 from tunerd.tuning.tuner import Tuner
 
 SPEC = "emulate:big=0@1.0,little=1@0.5"

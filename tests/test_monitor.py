@@ -5,7 +5,7 @@ import pytest
 
 from tunerd.platform.fakesysfs import set_emulated_freq
 from tunerd.daemon.monitor import CPUFREQ, DRIFT, THERMAL, Monitor, MonitorConfig
-from tunerd.platform.clusters import resolve_platform
+from tunerd.platform.spec import resolve_platform
 
 
 class FakeClock:

@@ -14,8 +14,9 @@ from tunerd.commands import cli
 from tunerd.errors import ConfigError, HintsError, PlatformError
 from tunerd.platform.fakesysfs import FakeBoard, FakePolicy, make_emulated_tree, set_emulated_freq
 from tunerd.daemon.monitor import Monitor, MonitorConfig
-from tunerd.platform.clusters import (Cluster, cluster_names, discover, effective_speed, parse_platform_spec,
-                             resolve_platform)
+from tunerd.platform.clusters import Cluster, cluster_names, effective_speed
+from tunerd.platform.discovery import discover
+from tunerd.platform.spec import parse_platform_spec, resolve_platform
 from tunerd.platform.sysfs import (SysfsReader, arm_core_name, format_cpu_list, parse_cpu_list, parse_cpuinfo,
                           parse_int, parse_midr)
 
@@ -270,7 +271,7 @@ def test_junk_in_a_file_is_a_clear_error(fake_sysfs, path, text, message):
 def test_junk_cpuinfo_costs_only_names(fake_sysfs, caplog):
     root = fake_sysfs("hikey970")
     (root.parent / "proc" / "cpuinfo").write_text("garbage without colons\n")
-    with caplog.at_level(logging.WARNING, logger="tunerd.platform.clusters"):
+    with caplog.at_level(logging.WARNING, logger="tunerd.platform.discovery"):
         platform = discover(root)
     assert [c.core_type for c in platform.clusters] == ["A53", "A73"]   # midr_el1 still names them
     assert "cpuinfo" in caplog.text

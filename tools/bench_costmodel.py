@@ -40,7 +40,7 @@ from tunerd.costs.calibration_child import Child, is_clean, robust_ms  # noqa: E
 from tunerd.costs.calibration_file import load_calibration, save_calibration  # noqa: E402
 from tunerd.costs.hints import make_hints  # noqa: E402
 from tunerd.model.loader import load_model  # noqa: E402
-from tunerd.platform.clusters import resolve_platform  # noqa: E402
+from tunerd.platform.spec import resolve_platform  # noqa: E402
 
 ZOO = ["zoo:alexnet", "zoo:googlenet", "zoo:mobilenet", "zoo:resnet50", "zoo:squeezenet"]
 LIGHT = ["bvlc_alexnet", "inception_v1", "resnet50", "squeezenet"]

@@ -157,7 +157,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     import numpy as np
 
     import tunerd
-    from tunerd.platform.clusters import resolve_platform
+    from tunerd.platform.spec import resolve_platform
     t_model = time.perf_counter()
     model = tunerd.load_model(f"zoo:{name}", input_size=args.input_size)
     n = len(model.units)
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
     PLACE_HOST = not args.no_place_host
 
     from tunerd.platform.fakesysfs import make_emulated_tree
-    from tunerd.platform.clusters import resolve_platform
+    from tunerd.platform.spec import resolve_platform
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a fresh emulated cpufreq tree: the speeds are the spec's, whatever this host's /sys says

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from tunerd.platform.fakesysfs import make_emulated_tree, set_emulated_freq
-    from tunerd.platform.clusters import parse_platform_spec
+    from tunerd.platform.spec import parse_platform_spec
 
     spec = emulate_spec()
     with tempfile.TemporaryDirectory(prefix="tunerd-demo-") as tmp:

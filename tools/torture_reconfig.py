@@ -53,7 +53,7 @@ def torture_pipeline(reconfigs: int, *, seed: int = 0, model_src: str = MODEL, s
     import os
 
     from tunerd.pipeline.executor import Pipeline
-    from tunerd.platform.clusters import resolve_platform
+    from tunerd.platform.spec import resolve_platform
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tunerd-torture-"))
     sysfs = make_sysfs(workdir, spec)
@@ -174,7 +174,7 @@ def torture_daemon(reconfigs: int, *, seed: int = 0, clients: int = 4, in_flight
                    workdir: Path | None = None, state_dir: Path | None = None, daemon: DaemonProcess | None = None,
                    log=print) -> dict:
     """``reconfigs`` pins through the control socket while clients send; a report with ``ok``."""
-    from tunerd.platform.clusters import resolve_platform
+    from tunerd.platform.spec import resolve_platform
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tunerd-torture-"))
     own = daemon is None
     d = daemon or DaemonProcess(workdir, name="torture", state_dir=state_dir)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..platform.clusters import SPEC_HELP
+from ..platform.spec import SPEC_HELP
 
 
 def register(subparsers) -> None:
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..costs.calibrate import calibrate
     from ..costs.calibration_file import default_calibration_path, save_calibration
-    from ..platform.clusters import resolve_platform
+    from ..platform.spec import resolve_platform
     platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root)
     cal = calibrate(platform, quick=args.quick, sysfs_root=args.sysfs_root, progress=not args.no_progress)
     path = save_calibration(cal, args.output or default_calibration_path(platform))

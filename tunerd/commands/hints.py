@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ..platform.clusters import SPEC_HELP
+from ..platform.spec import SPEC_HELP
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.board:
         hints = make_hints(model, board=args.board)
     else:
-        from ..platform.clusters import resolve_platform
+        from ..platform.spec import resolve_platform
         platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root)
         if platform.source == "board":
             hints = make_hints(model, platform=platform)

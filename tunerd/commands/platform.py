@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..platform.clusters import SPEC_HELP, Platform, effective_speed, resolve_platform
+from ..platform.clusters import Platform, effective_speed
+from ..platform.spec import SPEC_HELP, resolve_platform
 from ..platform.sysfs import format_cpu_list
 
 

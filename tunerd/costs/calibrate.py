@@ -104,7 +104,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
               progress: bool = True) -> Calibration:
     """Measure and fit ``platform`` (a Platform, or a spec string); real or emulated only."""
     if not hasattr(platform, "clusters"):
-        from ..platform.clusters import resolve_platform
+        from ..platform.spec import resolve_platform
         platform = resolve_platform(str(platform), sysfs_root=sysfs_root)
     if platform.source == "board":
         raise ConfigError(f"platform {platform.spec!r} is a simulated board: its costs come from the "

@@ -285,7 +285,7 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
     """
     model = _model(model)
     if platform is not None and not hasattr(platform, "clusters"):
-        from ..platform.clusters import resolve_platform
+        from ..platform.spec import resolve_platform
         platform = resolve_platform(str(platform))
     if board is None and platform is not None and getattr(platform, "source", "") == "board":
         if calibration is not None:

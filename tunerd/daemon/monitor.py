@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..platform.clusters import Cluster, Platform, effective_speed, read_thermal_zones
+from ..platform.clusters import Cluster, Platform, effective_speed
+from ..platform.discovery import read_thermal_zones
 from ..platform.sysfs import THERMAL_DIR, SysfsReader, read_positive_int
 
 CPUFREQ = "cpufreq"

@@ -117,7 +117,7 @@ class Daemon:
     def start(self) -> None:
         from ..model.loader import load_model
         from ..pipeline.executor import Pipeline
-        from ..platform.clusters import resolve_platform
+        from ..platform.spec import resolve_platform
         from ..tuning.tuner import Tuner
 
         cfg = self.cfg

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..platform.clusters import resolve_platform
+from ..platform.spec import resolve_platform
 
 
 def stream(pipe, x: np.ndarray, count: int, *, first_id: int = 0, poll_s: float = 0.05,

@@ -56,7 +56,8 @@ from .reports import PipelineReports
 from ..errors import ConfigError, ModelError, TunerdError
 from ..model.loader import check_frame
 from ..pipeconfig import PipelineConfig, parse_config, validate
-from ..platform.clusters import Platform, resolve_platform
+from ..platform.clusters import Platform
+from ..platform.spec import resolve_platform
 from .shm import Ring, slot_size
 
 log = logging.getLogger(__name__)

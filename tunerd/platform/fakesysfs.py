@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .clusters import PlatformSpec, parse_platform_spec
+from .spec import PlatformSpec, parse_platform_spec
 from .sysfs import CPU_DIR, CPUFREQ_DIR, THERMAL_DIR, format_cpu_list
 
 
