@@ -7,15 +7,14 @@ samples the monitor. The clock is injectable and ``tick`` can be called from a t
 Frames: ROUTER (ROUTER_MANDATORY, MAXMSGSIZE) -> validate -> bounded admission queue -> pipeline ->
 reply. Every request gets exactly one reply, and each client's replies leave in its send order (an
 error for a later request waits for the earlier requests' results).
+
+Binding and closing the two sockets are in tunerd.daemon.sockets, the control commands and the
+status in tunerd.daemon.control: mixins of Daemon, since both read and set the daemon's own state.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import signal
-import socket
-import stat
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from .live import LiveTuning, WindowPolicy
 from .monitor import Monitor, MonitorConfig
 from ..pipeconfig import ClusterSpec, parse_config, validate
 from .sdnotify import Notifier, watchdog_interval
+from .sockets import SocketsMixin, readable
+from .control import ControlMixin
 from .state import StateStore, platform_signature
 
 log = logging.getLogger("tunerd")
@@ -41,37 +42,7 @@ log = logging.getLogger("tunerd")
 DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
 REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
 MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
-HISTORY_FPS = 60        # evaluations shown in status' sparkline data
-HISTORY_LIMIT = 1000    # evaluations a `history` without a limit returns (the last ones)
 PLACEMENT_INTERVAL_S = 1.0  # how often the daemon re-decides where its own threads run (Pipeline.place_host)
-
-
-def _ipc_in_use(path: Path) -> bool:
-    """Whether some process accepts connections on the unix socket ``path`` (a stale one refuses)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError:
-        return True    # e.g. no permission: it cannot be told stale, so it is left alone
-    finally:
-        probe.close()
-    return True
-
-
-def _is_socket(path: Path) -> bool:
-    """Whether ``path`` itself (not what a link points to) is a unix socket."""
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _readable(sock: zmq.Socket) -> bool:
-    """A message is waiting. Asked before each recv: most ticks find nothing on one of the two
-    sockets, and asking costs a third of a recv that fails with zmq.Again (profiled)."""
-    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
 
 @dataclass
@@ -82,7 +53,11 @@ class _Request:
     reply: list | None = None
 
 
-class Daemon:
+class Daemon(SocketsMixin, ControlMixin):
+    """The resident service. Its socket and control methods come from the mixins (see the module
+    docstring): they stay methods because tests and the loop call them on the daemon, and they
+    share its state as every method here does, which functions taking the daemon would only hide."""
+
     def __init__(self, cfg: DaemonConfig, *, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, hints_provider: Callable | None = None,
                  config_path: str | None = None, overrides: dict | None = None):
@@ -175,65 +150,6 @@ class Daemon:
         biggest = max(self.platform.clusters, key=lambda c: (c.speed, c.cores))
         return f"0-{len(self.model.units) - 1}@{biggest.name}:{biggest.cores}"
 
-    def _check_single_instance(self) -> None:
-        """Refuse to start beside a live daemon, or on a path that is not a socket; clear a stale ipc
-        socket left by a crash."""
-        for addr in (self.cfg.frames, self.cfg.control):
-            if not addr.startswith("ipc://"):
-                continue
-            path = Path(addr[len("ipc://"):])
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise ConfigError(f"cannot check {path} ({addr}): {err}") from err
-            if not stat.S_ISSOCK(mode):
-                # NOTE: an address that names some other file is an operator's typo: never delete it
-                raise ConfigError(f"{path} exists and is not a socket: refusing to serve on {addr}")
-            # NOTE: a plain connect tells a live socket from a stale file whatever the peer speaks; a
-            # control `hello` failed against a CURVE daemon (no keys) and the frames socket went
-            # unchecked, so a second daemon removed a live one's sockets and took them over.
-            if _ipc_in_use(path):
-                raise ConfigError(f"another tunerd is already serving on {addr}")
-            log.warning("removing stale socket %s (left by a daemon that did not stop cleanly)", path)
-            path.unlink(missing_ok=True)
-
-    def _bind(self) -> None:
-        cfg = self.cfg
-        self._ctx = zmq.Context()
-        self.frames = self._ctx.socket(zmq.ROUTER)
-        self.frames.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.frames.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
-        self.frames.setsockopt(zmq.SNDHWM, 256)       # bounded buffering per client
-        self.frames.setsockopt(zmq.RCVHWM, 1024)
-        self.frames.linger = 0
-        self.control = self._ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-        self.control.linger = 0
-        for sock in (self.frames, self.control):
-            self._apply_curve(sock)
-        for sock, addr in ((self.frames, cfg.frames), (self.control, cfg.control)):
-            if addr.startswith("ipc://"):
-                Path(addr[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                sock.bind(addr)
-            except zmq.ZMQError as err:
-                if err.errno == errno.EADDRINUSE:
-                    raise ConfigError(f"{addr} is in use (another tunerd running?)") from err
-                raise ConfigError(f"cannot bind {addr}: {err}") from err
-            if addr.startswith("ipc://"):
-                os.chmod(addr[len("ipc://"):], 0o660)
-        self.frames_address = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.control_address = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
-
-    def _apply_curve(self, sock) -> None:
-        if not self.cfg.curve_secret_key_file:
-            return
-        from ..wire.security import configure_curve_server
-        configure_curve_server(self._ctx, sock, self.cfg.curve_secret_key_file, self.cfg.curve_client_keys_dir)
-
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -284,7 +200,7 @@ class Daemon:
         expected = list(self.model.input_shape)
         limits = protocol.Limits(max_message_bytes=self.cfg.max_message_bytes)
         for _ in range(budget):
-            if not _readable(self.frames):
+            if not readable(self.frames):
                 return
             try:
                 msg = self.frames.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -378,93 +294,6 @@ class Daemon:
     def _retry_held(self) -> None:
         for identity in list(self._held):
             self._flush(identity)
-
-    # ------------------------------------------------------------------ control
-    def _read_control(self) -> None:
-        for _ in range(32):
-            if not _readable(self.control):
-                return
-            try:
-                msg = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            identity, frames = msg[0], msg[1:]
-            req_id = None
-            try:
-                req = protocol.decode_control_request(frames)
-                req_id = req.id
-                reply = protocol.encode_control_ok(self._command(req.cmd, req.args), id=req_id)
-            except protocol.ProtocolError as err:
-                # NOTE: errors raised by a command carry no id of their own: the request's is echoed
-                reply = protocol.encode_control_error(err.code, err.message,
-                                                      id=err.id if err.id is not None else req_id)
-            except TunerdError as err:
-                reply = protocol.encode_control_error(protocol.BAD_CONFIG, str(err), id=req_id)
-            try:
-                self.control.send_multipart([identity, reply], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as err:
-                log.debug("control reply dropped: %s", err)
-
-    def _command(self, cmd: str, args: dict) -> dict:
-        if cmd == protocol.HELLO:
-            return {"protocol": protocol.PROTOCOL_VERSION, "daemon": protocol.DAEMON_NAME, "version": __version__}
-        if cmd == protocol.STATUS:
-            return self.status()
-        if cmd == protocol.RETUNE:
-            self._retune("operator request")
-            return {"state": self.tuner.state, "retunes": self.tuner.retunes}
-        if cmd == protocol.PIN:
-            text = args.get("config")
-            if not isinstance(text, str):
-                raise protocol.ProtocolError(protocol.BAD_ARGUMENT, "pin needs a 'config' string")
-            config = validate(parse_config(text), len(self.model.units), self.platform.clusters)
-            self.tuner.pin(config)
-            self.live.step()
-            return {"state": self.tuner.state, "config": str(config)}
-        if cmd == protocol.UNPIN:
-            self.tuner.unpin()
-            return {"state": self.tuner.state}
-        if cmd == protocol.HISTORY:
-            limit = args.get("limit", HISTORY_LIMIT)
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-                raise protocol.ProtocolError(protocol.BAD_ARGUMENT, "history's 'limit' must be an int >= 0")
-            history = self.tuner.history
-            return {"history": history[max(0, len(history) - limit):]}
-        raise protocol.ProtocolError(protocol.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
-
-    def status(self) -> dict:
-        t = self.tuner.status()
-        stats = self.pipeline.stats()
-        speeds, freqs = self.monitor.speed_factors(), self.monitor.frequencies()   # sysfs reads: once
-        return {
-            "state": t["state"], "config": str(self.pipeline.config), "best": t["best"],
-            "evaluating": self.live.evaluating, "pinned": self.tuner.pinned,
-            "evaluations": t["evaluations"], "generation": t["generation"], "retunes": t["retunes"],
-            "frames_served": self.frames_served, "frames_failed": self.frames_failed,
-            "replies_dropped": self.replies_dropped, "queue": len(self._queue), "in_flight": self.pipeline.pending,
-            "fps": stats["fps"], "latency_ms": stats["latency_ms"], "epoch": stats["epoch"],
-            "bottleneck": stats["bottleneck"], "restarts": stats["restarts"],
-            "host_cpus": list(self.pipeline.host_placement) or None,
-            "history_fps": [h["fps"] for h in self.tuner.history[-HISTORY_FPS:]],
-            "platform": self._platform_now(speeds, freqs),
-            "speeds": speeds, "frequencies": freqs,
-            "model": {"name": self.model.name, "source": self.model.source, "hash": self.model.hash,
-                      "units": len(self.model.units)},
-            "input_shape": list(self.model.input_shape), "uptime_s": self.clock() - self.started_at,
-            "events": list(self.events), "version": __version__,
-        }
-
-    def _platform_now(self, speeds: dict, freqs: dict) -> dict:
-        """The platform map with each cluster's speed, current frequency and frequency cap
-        (``cap_khz``, scaling_max_freq) as the monitor read them now (``speeds``, ``freqs``); the
-        platform itself holds those of start-up. ``max_khz`` stays the hardware maximum."""
-        out = {**self.platform.to_dict(), "spec": self.cfg.spec}
-        for c in out["clusters"]:
-            now = freqs.get(c["name"], {})
-            c["speed"] = speeds.get(c["name"], c["speed"])
-            c["cur_khz"] = now.get("cur_khz") or c["cur_khz"]
-            c["cap_khz"] = now.get("max_khz") or c["max_khz"]
-        return out
 
     # ------------------------------------------------------------------ tuning events
     def _relative_speeds(self) -> dict[str, float]:
@@ -583,15 +412,4 @@ class Daemon:
         for seq in list(self._requests):
             if self._requests.get(seq) is not None and self._requests[seq].reply is None:
                 self._reply_error(seq, protocol.SHUTTING_DOWN, "tunerd stopped before the frame finished")
-        if self._ctx is not None:
-            for addr, sock in ((self.cfg.frames, self.frames), (self.cfg.control, self.control)):
-                sock.close(linger=0)
-                # NOTE: only a socket is removed: whatever else is there now is not ours to delete
-                if addr.startswith("ipc://") and _is_socket(path := Path(addr[len("ipc://"):])):
-                    path.unlink(missing_ok=True)
-            if self.cfg.curve_secret_key_file:
-                # NOTE: the ZAP handler's thread holds sockets of this context: term() would wait for ever
-                from ..wire.security import stop_curve_server
-                stop_curve_server(self._ctx)
-            self._ctx.term()
-            self._ctx = None
+        self._close_sockets()
