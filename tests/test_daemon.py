@@ -69,7 +69,7 @@ def env(tmp_path_factory):
 
 def test_results_equal_model_run(env):
     _, _, d = env
-    model = tunerd.load_model(MODEL, input_size=SIZE)
+    model = tunerd.load_model(MODEL, input_size=SIZE, backend="numpy")
     with Client(d.frames, timeout=30) as c:
         for seed in range(5):
             x = np.random.default_rng(seed).standard_normal(model.input_shape).astype(np.float32)

@@ -74,7 +74,7 @@ def test_tuner_converges_within_5_percent_of_an_exhaustive_live_sweep(tmp_path):
     from tunerd.costs.hints import hints_for_platform
     sysfs = make_emulated_tree(SPEC, tmp_path / "fs")
     platform = resolve_platform(SPEC, sysfs_root=sysfs)
-    model = tunerd.load_model("zoo:squeezenet", input_size=64)
+    model = tunerd.load_model("zoo:squeezenet", input_size=64, backend="numpy")
     n = len(model.units)
     space = ([f"0-{n - 1}@big:1", f"0-{n - 1}@little:1"]
              + [f"0-{k}@{a}:1 | {k + 1}-{n - 1}@{b}:1" for k in range(0, n - 1, 2)

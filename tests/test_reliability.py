@@ -54,7 +54,7 @@ def daemon(workdir):
 
 @pytest.fixture(scope="module")
 def refs():
-    model = tunerd.load_model(MODEL, input_size=SIZE)
+    model = tunerd.load_model(MODEL, input_size=SIZE, backend="numpy")
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(model.input_shape).astype(np.float32) for _ in range(4)]
     return inputs, [model.run(x) for x in inputs]

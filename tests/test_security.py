@@ -54,7 +54,7 @@ def daemon(workdir):
 
 @pytest.fixture(scope="module")
 def model():
-    return tunerd.load_model(MODEL, input_size=SIZE)
+    return tunerd.load_model(MODEL, input_size=SIZE, backend="numpy")
 
 
 def dealer(address: str, **opts) -> zmq.Socket:

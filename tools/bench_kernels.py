@@ -76,8 +76,8 @@ def build(name: str, tmp: Path):
     light = NETWORKS[name]
     if light:
         path = light_with_random_weights(light, tmp)
-        return tunerd.load_model(path), path
-    model = tunerd.load_model(f"zoo:{name}")
+        return tunerd.load_model(path, backend="numpy"), path
+    model = tunerd.load_model(f"zoo:{name}", backend="numpy")
     path = tmp / f"{name}.onnx"
     export_onnx(model.graph, path)
     return model, path

@@ -159,7 +159,7 @@ def bench_model(name: str, args, emu_platform, emu_root: str) -> dict:
     import tunerd
     from tunerd.platform.spec import resolve_platform
     t_model = time.perf_counter()
-    model = tunerd.load_model(f"zoo:{name}", input_size=args.input_size)
+    model = tunerd.load_model(f"zoo:{name}", input_size=args.input_size, backend="numpy")
     n = len(model.units)
     costs = unit_costs(model)
     row: dict = {"model": name, "input_shape": list(model.input_shape), "units": n,

@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         os.environ.setdefault("TUNERD_CACHE_DIR", str(tmp / "cache"))
         sysfs = str(make_emulated_tree(spec, tmp / "fs"))
-        model = tunerd.load_model(args.model, input_size=args.input_size)
+        model = tunerd.load_model(args.model, input_size=args.input_size, backend="numpy")
         n = len(model.units)
         config = args.pipeline or f"0-{n // 2 - 1}@big:1 | {n // 2}-{n - 1}@little:1"
         rows = []

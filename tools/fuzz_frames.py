@@ -302,7 +302,7 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
          max_message_bytes: int, seed: int = 0, sockets: int = 4, window: int = 48, garbage: int = 0,
          model: str = MODEL, size: int = SIZE, log=print) -> dict:
     """Run ``count`` cases (+ ``garbage`` raw non-ZMTP connections); a report with ``ok``."""
-    ref_model = tunerd.load_model(model, input_size=size)
+    ref_model = tunerd.load_model(model, input_size=size, backend="numpy")
     gen = Generator(ref_model.input_shape, max_message_bytes, seed)
     refs = [ref_model.run(x) for x in gen.inputs]
     ctx = zmq.Context()

@@ -152,7 +152,7 @@ def soak(frames: str, control: str, pid: int | None, *, clients: int = 16, in_fl
          interval: float = 5.0, warmup: float = 5.0, wait_converged: bool = False, min_hold: float = 0.7,
          queue_depth: int = 64, kill_worker_every: float | None = None, model: str = MODEL, size: int = SIZE,
          seed: int = 0, log=print) -> dict:
-    ref_model = tunerd.load_model(model, input_size=size)
+    ref_model = tunerd.load_model(model, input_size=size, backend="numpy")
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(ref_model.input_shape).astype(np.float32) for _ in range(8)]
     refs = [ref_model.run(x) for x in inputs]
@@ -306,7 +306,7 @@ def daemon_kill_cycles(d: DaemonProcess, cycles: int, *, seed: int = 0, log=prin
     sockets and state directory. A report with ``ok``."""
     from tunerd.daemon.state import read_json
     rng = random.Random(seed)
-    ref_model = tunerd.load_model(MODEL, input_size=SIZE)
+    ref_model = tunerd.load_model(MODEL, input_size=SIZE, backend="numpy")
     x = np.random.default_rng(seed).standard_normal(ref_model.input_shape).astype(np.float32)
     want = ref_model.run(x)
     problems, restart_s, stale_seen, stored_used = [], [], 0, 0

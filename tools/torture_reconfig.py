@@ -58,7 +58,7 @@ def torture_pipeline(reconfigs: int, *, seed: int = 0, model_src: str = MODEL, s
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tunerd-torture-"))
     sysfs = make_sysfs(workdir, spec)
     rng = random.Random(seed)
-    model = tunerd.load_model(model_src, input_size=size)
+    model = tunerd.load_model(model_src, input_size=size, backend="numpy")
     platform = resolve_platform(spec, sysfs_root=str(sysfs))
     n = len(model.units)
     configs = random_configs(platform, n, rng, 64)
@@ -180,7 +180,7 @@ def torture_daemon(reconfigs: int, *, seed: int = 0, clients: int = 4, in_flight
     d = daemon or DaemonProcess(workdir, name="torture", state_dir=state_dir)
     try:
         rng = random.Random(seed)
-        model = tunerd.load_model(MODEL, input_size=SIZE)
+        model = tunerd.load_model(MODEL, input_size=SIZE, backend="numpy")
         platform = resolve_platform(SPEC, sysfs_root=str(d.sysfs))
         configs = random_configs(platform, len(model.units), rng, 64)
         nrng = np.random.default_rng(seed)

@@ -227,7 +227,8 @@ class StageWorker:
         if runner is None:
             runner = self.runners[key] = self.backend.compile(self.model, first, last, threads)
             while len(self.runners) > MAX_RUNNERS:
-                self.runners.popitem(last=False)[1].close()
+                # NOTE: dropped, not closed: a role of this or a queued epoch may still hold it
+                self.runners.popitem(last=False)
         self.runners.move_to_end(key)
         return runner
 
