@@ -76,6 +76,14 @@ def test_results_equal_model_run(env):
             np.testing.assert_allclose(c.infer(x), model.run(x), rtol=0, atol=1e-6)
 
 
+def test_status_names_the_backend_auto_chose(env):
+    """`[model] backend` defaults to auto: onnxruntime where it is installed (it is in the dev env)."""
+    import importlib.util
+    _, _, d = env
+    want = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "numpy"
+    assert d.call("status")["backend"] == want
+
+
 def test_status_converges_under_load(env):
     _, _, d = env
     stop, counts = threading.Event(), {}

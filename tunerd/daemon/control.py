@@ -98,6 +98,7 @@ class ControlMixin:
                       "units": len(self.model.units)},
             "input_shape": list(self.model.input_shape), "uptime_s": self.clock() - self.started_at,
             "events": list(self.events), "version": __version__,
+            "backend": getattr(getattr(self, "backend", None), "name", None),
         }
 
     def _platform_now(self, speeds: dict, freqs: dict) -> dict:

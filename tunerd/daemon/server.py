@@ -90,6 +90,7 @@ class Daemon(SocketsMixin, ControlMixin):
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
+        from ..backends import resolve
         from ..model.loader import load_model
         from ..pipeline.executor import Pipeline
         from ..platform.spec import resolve_platform
@@ -98,6 +99,8 @@ class Daemon(SocketsMixin, ControlMixin):
         cfg = self.cfg
         self._check_single_instance()
         log.info("tunerd %s starting: model %s, platform %s", __version__, cfg.source, cfg.spec)
+        self.backend, why = resolve(cfg.backend)
+        log.info("%s", why)
         self.model = load_model(cfg.source, input_size=cfg.input_size)
         log.info("model %s: %d units, input %s", self.model.name, len(self.model.units), list(self.model.input_shape))
         self.platform = resolve_platform(cfg.spec, sysfs_root=cfg.sysfs_root)
@@ -116,10 +119,13 @@ class Daemon(SocketsMixin, ControlMixin):
         self.tuner = Tuner(clusters, table, rng_seed=cfg.seed, budget=cfg.budget,
                            population_size=cfg.population, clock=time.time)
         self.store = StateStore(cfg.state_dir)
-        self.platform_sig = platform_signature(self.platform)
+        # NOTE: tuned results are per backend (their best configs differ); numpy keeps the old key
+        # so state files written before backends existed still apply
+        self.platform_sig = platform_signature(self.platform) + (
+            "" if self.backend.name == "numpy" else f"|backend={self.backend.name}")
         initial = self._initial_config()
         self.pipeline = Pipeline(self.model, initial, self.platform, sysfs_root=cfg.sysfs_root,
-                                 max_inflight=cfg.max_in_flight)
+                                 max_inflight=cfg.max_in_flight, backend=self.backend.name)
         self.live = LiveTuning(self.tuner, self.pipeline, clock=self.clock,
                                policy=WindowPolicy(max_frames=cfg.window_frames,
                                                    min_seconds=cfg.window_min_seconds),

@@ -139,6 +139,8 @@ def render_status(status: dict, *, ascii: bool = False) -> str:
     shape = status.get("input_shape")
     if isinstance(shape, list) and shape:
         model += f"  input {'x'.join(str(d) for d in shape)}"
+    if isinstance(status.get("backend"), str):
+        model += f"  on {status['backend']}"
     rows.append(("model", model))
     epoch = status.get("epoch")
     rows.append(("config", f"{status.get('config') or '-'}   {_fps(status.get('fps'))}"
