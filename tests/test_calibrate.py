@@ -198,9 +198,13 @@ def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkey
         calls.append(kw)
         return load_calibration(path)
     monkeypatch.setattr(C, "calibrate", fake_calibrate)
-    first = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
-    again = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state")
+    backend = load_calibration(path).backend     # the fixture calibrated with `auto`
+    first = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state", backend=backend)
+    again = H.hints_for_platform(model, platform, cache_dir=tmp_path / "state", backend=backend)
     assert len(calls) == 1 and calls[0]["quick"] and not calls[0]["progress"]
-    assert (tmp_path / "state" / f"calibration-{platform_key(platform)}.json").is_file()
+    assert calls[0]["backend"] == backend
+    tail = "" if backend == "numpy" else f".{backend}"
+    assert (tmp_path / "state" / f"calibration-{platform_key(platform)}{tail}.json").is_file()
+    assert first.backend == backend
     assert first.to_dict()["units"] == again.to_dict()["units"]
     assert again.producer["kind"] == "calibration"

@@ -184,7 +184,8 @@ def test_cli_hints_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TUNERD_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--board", "nope"]) == 1
     assert "unknown board 'nope'" in capsys.readouterr().err
-    assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--platform", "auto"]) == 1
-    assert "run `tunerd calibrate --platform auto` first" in capsys.readouterr().err
+    assert main(["hints", "--model", "zoo:squeezenet", "--input-size", "64", "--platform", "auto",
+                 "--backend", "numpy"]) == 1
+    assert "run `tunerd calibrate --platform auto --backend numpy` first" in capsys.readouterr().err
     assert main(["hints", "--model", "zoo:squeezenet", "--board", "hikey970", "--calibration", "x.json"]) == 1
     assert "--calibration goes with --platform" in capsys.readouterr().err

@@ -16,8 +16,17 @@ clean unit runs.
 Figures: the median absolute percentage error over a model's units ("unit MdAPE") and the error of
 the predicted whole network (sum of predicted units) against the measured one ("net err").
 
-    .venv/bin/python tools/bench_costmodel.py [--calibration FILE] [--save-calibration FILE]
-        [--models zoo:alexnet,...] [--frames 15] [--cores 1,2] [--json OUT]
+``--backend`` picks whose kernels are calibrated and timed (numpy, the default, or onnxruntime). On
+onnxruntime a unit's time comes from its runner's run_timed (a chain of one session per unit, whose
+times add up to more than the fused range takes) and the network's from a plain run of the whole
+range in the same turn; as the stage workers do (tunerd.pipeline.worker._attribute), each frame's
+unit times are scaled to sum to that plain run, so a unit's "measured" time is its share of the
+network as it really runs. "chain" gives the unit MdAPE against the unscaled chain times. The
+per-unit waiting time is not known there: a unit counts as clean when its whole frame (timed and
+plain run) was.
+
+    .venv/bin/python tools/bench_costmodel.py [--backend numpy|onnxruntime] [--calibration FILE]
+        [--save-calibration FILE] [--models zoo:alexnet,...] [--frames 15] [--cores 1,2] [--json OUT]
 """
 from __future__ import annotations
 
@@ -55,21 +64,26 @@ def light_models(out_dir: Path) -> list[str]:
         return []
 
 
-def measure(source: str, cores: list[int], cpus: list[int], frames: int, chunk: int) -> dict[int, dict]:
+KEYS = ("unit_ms", "total_ms", "unit_waited_ms", "waited_ms", "run_ms", "run_waited_ms")
+
+
+def measure(source: str, cores: list[int], cpus: list[int], frames: int, chunk: int,
+            backend: str = "numpy") -> dict[int, dict]:
     """Per core count: unit ms and frame ms per frame, core counts taking turns."""
     children = {n: Child(cpus[:n], n) for n in cores}
-    out = {n: {"unit_ms": [], "total_ms": [], "unit_waited_ms": [], "waited_ms": []} for n in cores}
+    out = {n: {key: [] for key in KEYS} for n in cores}
     try:
         for n, child in children.items():     # load + warm up
-            child.request({"kind": "model", "source": source, "runs": 0, "warmup": 2})
+            child.request({"kind": "model", "source": source, "runs": 0, "warmup": 2, "backend": backend})
         done = 0
         while done < frames:
             k = min(chunk, frames - done)
             for n, child in children.items():
                 time.sleep(0.02)   # let the other child's idle BLAS threads go to sleep
-                for rec in child.request({"kind": "model", "source": source, "runs": k, "warmup": 0}):
+                for rec in child.request({"kind": "model", "source": source, "runs": k, "warmup": 0,
+                                          "backend": backend}):
                     for key in out[n]:
-                        out[n][key].append(rec[key])
+                        out[n][key].append(rec.get(key))
             done += k
     finally:
         for child in children.values():
@@ -81,9 +95,63 @@ def ape(pred, meas) -> np.ndarray:
     return np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas) * 100.0
 
 
+def runner_figures(runs: dict, pred: np.ndarray) -> dict:
+    """The statistics for a backend whose unit times come from run_timed and whose network time from
+    a plain run (the module docstring): unit times scaled per frame to the plain run."""
+    chain = np.array(runs["unit_ms"])
+    plain = np.array(runs["run_ms"])
+    units = chain * (plain / chain.sum(axis=1))[:, None]
+    clean = np.array([is_clean(t, w) and is_clean(p, pw) for t, w, p, pw in
+                      zip(runs["total_ms"], runs["waited_ms"], plain, runs["run_waited_ms"])])
+    figures = {}
+    for stat in ("median", "clean"):
+        if stat == "median" or clean.sum() < 3:
+            per_unit = np.median(units, axis=0) if stat == "median" else \
+                np.array([robust_ms(units[:, u]) for u in range(units.shape[1])])
+            raw = np.median(chain, axis=0)
+            net = float(np.median(plain)) if stat == "median" else float(per_unit.sum())
+        else:
+            per_unit, raw = np.median(units[clean], axis=0), np.median(chain[clean], axis=0)
+            net = float(np.median(plain[clean]))
+        figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
+                         "chain_unit_mdape": float(np.median(ape(pred, raw))),
+                         "net_err": float(ape(pred.sum(), net)), "meas_ms": net,
+                         "chain_sum_ms": float(raw.sum()), "unit_ms": per_unit.round(4).tolist()}
+    figures["clean"]["clean_frames"] = int(clean.sum())
+    figures["clean"]["clean_unit_share"] = float(clean.mean())
+    return figures
+
+
+def plan_figures(runs: dict, pred: np.ndarray) -> dict:
+    """The statistics for numpy's plans, whose run_timed is the frame and reads the wait clock per unit."""
+    units = np.array(runs["unit_ms"])
+    waits = runs["unit_waited_ms"]
+    totals = np.array(runs["total_ms"])
+    figures = {}
+    for stat in ("median", "clean"):
+        if stat == "median":
+            per_unit = np.median(units, axis=0)
+            net = float(np.median(totals))
+        else:
+            per_unit = np.array([robust_ms(units[:, u], [w[u] for w in waits]) for u in range(units.shape[1])])
+            clean = [t for t, w in zip(totals, runs["waited_ms"]) if is_clean(t, w)]
+            # NOTE: on a loaded machine a whole frame is rarely clean; then the unloaded
+            # frame time is estimated unit by unit
+            net = float(np.median(clean)) if len(clean) >= 3 else float(per_unit.sum())
+        figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
+                         "net_err": float(ape(pred.sum(), net)), "meas_ms": float(net),
+                         "unit_ms": per_unit.round(4).tolist()}
+    figures["clean"]["clean_frames"] = int(sum(is_clean(float(t), w) for t, w in zip(totals, runs["waited_ms"])))
+    figures["clean"]["clean_unit_share"] = float(np.mean(
+        [[is_clean(t, w) for t, w in zip(ut, wt)] for ut, wt in zip(units.tolist(), waits)]))
+    return figures
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calibration", help="use this calibration file instead of calibrating now")
+    ap.add_argument("--backend", default="numpy", choices=("numpy", "onnxruntime"),
+                    help="whose kernels to calibrate and time (default numpy)")
+    ap.add_argument("--calibration", help="use this calibration file (of --backend) instead of calibrating now")
     ap.add_argument("--save-calibration", help="keep the calibration made now in this file")
     ap.add_argument("--platform", default="auto")
     ap.add_argument("--models", help="comma-separated sources (default: the zoo five + ONNX light four)")
@@ -99,11 +167,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     if args.calibration:
         cal = load_calibration(args.calibration)
+        if cal.backend != args.backend:
+            ap.error(f"{args.calibration} is a calibration of the {cal.backend} backend, not {args.backend}")
     else:
-        cal = calibrate(platform, quick=False)
+        cal = calibrate(platform, quick=False, backend=args.backend)
         if args.save_calibration:
             save_calibration(cal, args.save_calibration)
-    print(f"calibration: {cal.platform.get('spec')} on {cal.machine.get('cpu', '?')}, {cal.date}, "
+    print(f"calibration ({cal.backend}: {cal.machine.get('backend', cal.backend)}): "
+          f"{cal.platform.get('spec')} on {cal.machine.get('cpu', '?')}, {cal.date}, "
           f"fit {json.dumps(cal.fit)} ({time.time() - t0:.0f} s)")
     print(f"load average at start: {os.getloadavg()}")
 
@@ -111,43 +182,26 @@ def main(argv=None) -> int:
     sources = args.models.split(",") if args.models else ZOO + light_models(Path(tmp.name))
     rows = []
     header = (f"{'model':<18} {'units':>5} {'n':>2} | {'unit MdAPE':>10} {'net err':>8} | "
-              f"{'unit MdAPE':>10} {'net err':>8} | {'pred ms':>9} {'meas ms':>9} {'clean':>8} {'units':>5}")
+              f"{'unit MdAPE':>10} {'net err':>8} | {'pred ms':>9} {'meas ms':>9} {'clean':>8} {'units':>5}"
+              + (f" | {'chain MdAPE':>11} {'chain ms':>9}" if args.backend != "numpy" else ""))
     print("\n" + " " * 29 + "| median of all runs    | median of clean runs  |")
     print(header)
     print("-" * len(header))
     for source in sources:
         model = load_model(source)
-        hints = make_hints(model, calibration=cal, platform=platform)
-        runs = measure(source, cores, list(cluster.cpus), args.frames, args.chunk)
+        hints = make_hints(model, calibration=cal, platform=platform, backend=args.backend)
+        runs = measure(source, cores, list(cluster.cpus), args.frames, args.chunk, args.backend)
         name = model.name if source.startswith("zoo:") else "onnx:" + Path(source).stem
         for n in cores:
             pred = hints.ms(cluster.core_type, n)
-            units = np.array(runs[n]["unit_ms"])
-            waits = runs[n]["unit_waited_ms"]
-            totals = np.array(runs[n]["total_ms"])
-            figures = {}
-            for stat in ("median", "clean"):
-                if stat == "median":
-                    per_unit = np.median(units, axis=0)
-                    net = float(np.median(totals))
-                else:
-                    per_unit = np.array([robust_ms(units[:, u], [w[u] for w in waits]) for u in range(units.shape[1])])
-                    clean = [t for t, w in zip(totals, runs[n]["waited_ms"]) if is_clean(t, w)]
-                    # NOTE: on a loaded machine a whole frame is rarely clean; then the unloaded
-                    # frame time is estimated unit by unit
-                    net = float(np.median(clean)) if len(clean) >= 3 else float(per_unit.sum())
-                figures[stat] = {"unit_mdape": float(np.median(ape(pred, per_unit))),
-                                 "net_err": float(ape(pred.sum(), net)), "meas_ms": float(net),
-                                 "unit_ms": per_unit.round(4).tolist()}
-            figures["clean"]["clean_frames"] = int(sum(is_clean(float(t), w) for t, w in zip(totals, runs[n]["waited_ms"])))
-            figures["clean"]["clean_unit_share"] = float(np.mean(
-                [[is_clean(t, w) for t, w in zip(ut, wt)] for ut, wt in zip(units.tolist(), waits)]))
+            figures = plan_figures(runs[n], pred) if args.backend == "numpy" else runner_figures(runs[n], pred)
             rows.append({"model": name, "source": source, "cores": n, "units": len(pred),
                          "pred_ms": float(pred.sum()), "pred_unit_ms": pred.round(4).tolist(), **figures})
             m, f = figures["median"], figures["clean"]
             print(f"{name:<18} {len(pred):>5} {n:>2} | {m['unit_mdape']:>9.1f}% {m['net_err']:>7.1f}% | "
                   f"{f['unit_mdape']:>9.1f}% {f['net_err']:>7.1f}% | {pred.sum():>9.2f} {f['meas_ms']:>9.2f} "
-                  f"{f['clean_frames']:>4}/{len(totals):<3} {100 * f['clean_unit_share']:>4.0f}%")
+                  f"{f['clean_frames']:>4}/{len(runs[n]['total_ms']):<3} {100 * f['clean_unit_share']:>4.0f}%"
+                  + (f" | {f['chain_unit_mdape']:>10.1f}% {f['chain_sum_ms']:>9.2f}" if "chain_unit_mdape" in f else ""))
             sys.stdout.flush()
     for stat in ("median", "clean"):
         for n in cores:
@@ -158,7 +212,8 @@ def main(argv=None) -> int:
                   f"worst {max(s['net_err'] for s in sel):.1f}%")
     print(f"load average at end: {os.getloadavg()}; total {time.time() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"calibration": cal.to_dict(), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"backend": args.backend, "calibration": cal.to_dict(),
+                                               "rows": rows}, indent=1))
     tmp.cleanup()
     return 0
 

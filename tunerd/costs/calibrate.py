@@ -10,6 +10,11 @@ On an emulated cluster the measured times are multiplied by 1 / its nominal spee
 do to frames at full clock): the costs are nominal, like the core type ``emu@SPEED`` they are filed
 under; a throttle in force while calibrating is left out, since the daemon applies the current speed
 over the nominal one.
+
+A calibration is of one backend (``numpy`` or ``onnxruntime``, tunerd.backends): the sweep runs
+through that backend's runners, because the same layer costs another time on other kernels
+(onnxruntime's depthwise convs and pools 2-10x faster than numpy's, its batch-1 fc and LRN slower),
+and the file says which.
 """
 from __future__ import annotations
 
@@ -59,8 +64,9 @@ class Progress:
 
 
 def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False, progress: bool = True,
-            max_cores: int | None = None) -> list[Sample]:
-    """Time every layer of ``sweep`` on every cluster of ``platform`` at 1..cores cores.
+            max_cores: int | None = None, backend: str = "numpy") -> list[Sample]:
+    """Time every layer of ``sweep`` on every cluster of ``platform`` at 1..cores cores, run by
+    ``backend`` (a concrete name: numpy or onnxruntime).
 
     One child per (cluster, cores), all alive at once and taking turns layer by layer, so every
     configuration is measured under the same machine load.
@@ -75,8 +81,8 @@ def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False
     bar = Progress(len(jobs) * len(sweep), enabled=progress)
     # NOTE: several BLAS threads are stalled by any neighbour on any of their cores: multi-core
     # timings need more runs for the fastest tenth to be clean
-    base = {"kind": "layers", "min_time_s": 0.02 if quick else 0.2, "min_runs": 5 if quick else 15,
-            "max_runs": 40 if quick else 400}
+    base = {"kind": "layers", "backend": backend, "min_time_s": 0.02 if quick else 0.2,
+            "min_runs": 5 if quick else 15, "max_runs": 40 if quick else 400}
     multi = {**base, "min_time_s": 0.04 if quick else 0.5, "min_runs": 10 if quick else 40}
     samples: list[Sample] = []
     children: list[Child] = []
@@ -100,9 +106,18 @@ def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False
     return samples
 
 
+def backend_name(backend) -> str:
+    """The concrete backend a calibration is of: ``numpy`` or ``onnxruntime`` (``auto`` and None
+    resolve as tunerd.backends.resolve does; a Backend gives its name)."""
+    from ..backends import get_backend
+    return get_backend(backend).name
+
+
 def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = "/sys",
-              progress: bool = True) -> Calibration:
-    """Measure and fit ``platform`` (a Platform, or a spec string); real or emulated only."""
+              progress: bool = True, backend="numpy") -> Calibration:
+    """Measure and fit ``platform`` (a Platform, or a spec string; real or emulated only) on
+    ``backend`` (numpy, onnxruntime, auto or a Backend)."""
+    chosen = backend_name(backend)
     if not hasattr(platform, "clusters"):
         from ..platform.spec import resolve_platform
         platform = resolve_platform(str(platform), sysfs_root=sysfs_root)
@@ -110,7 +125,7 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
         raise ConfigError(f"platform {platform.spec!r} is a simulated board: its costs come from the "
                           f"board file; calibrate real or emulated cores")
     sweep = QUICK_SWEEP if quick else FULL_SWEEP
-    samples = measure(platform, sweep, quick=quick, progress=progress)
+    samples = measure(platform, sweep, quick=quick, progress=progress, backend=chosen)
     # NOTE: the caches are the real machine's, whatever tree --sysfs-root points at
     llc = {c.core_type: llc_bytes(c.cpus[0]) for c in platform.clusters}
     coeffs, report = fit(samples, sweep, quick=quick, llc=llc)
@@ -123,6 +138,6 @@ def calibrate(platform, *, quick: bool = False, sysfs_root: str | os.PathLike = 
         coefficients=coeffs,
         platform={"spec": platform.spec, "source": platform.source, "clusters": clusters},
         date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        machine=machine_info(), quick=quick, fit=report,
+        machine=machine_info(chosen), quick=quick, fit=report, backend=chosen,
         samples=[{"op": sweep[s.layer][0], "params": list(sweep[s.layer][1]), "core_type": s.core_type,
                   "cores": s.cores, "ms": float(f"{s.ms:.7g}"), "clean": s.clean} for s in samples])

@@ -7,6 +7,12 @@ on the right cores) and threadpoolctl caps them again. Requests and answers are 
 whole models unit by unit for ``tools/bench_costmodel.py``. Timings are read against the time the
 process waited for a CPU (:class:`WaitClock`), so that a run slowed by neighbours is known as such.
 
+A request names the backend that runs the layers or the model (``"backend"``, default ``numpy``):
+the numpy backend times ExecutionPlans exactly as before backends existed; another backend's
+runner is compiled here, inside the pinned child, so its thread pool (onnxruntime's intra-op
+threads) starts on the measured cores, and the wait clock is reopened after each compile so that
+it sees those threads too.
+
 The child side runs as ``python -m tunerd.costs.calibration_child --child``.
 """
 from __future__ import annotations
@@ -200,21 +206,51 @@ def _time_plan(plan, x, min_time_s: float, min_runs: int, max_runs: int,
     return samples, waited
 
 
+class _RunnerPlan:
+    """A backend's StageRunner with a plan's ``run(x)``, so one timing loop serves every backend.
+
+    ``out`` is allocated once here, as a stage's ring slot is, and reused by every run."""
+
+    def __init__(self, runner):
+        import numpy as np
+        self.runner = runner
+        self.out = np.empty(runner.output_shape, np.float32)
+
+    def run(self, x):
+        return self.runner.run(x, self.out)
+
+
+def _compiled(backend: str, model, threads: int, wait: WaitClock):
+    """``model`` whole on ``backend``: its ExecutionPlan for numpy (the path of old), else the
+    backend's runner, compiled in this pinned child."""
+    if backend == "numpy":
+        return model.plan()
+    from ..backends import get_backend
+    runner = get_backend(backend).compile(model, 0, len(model.units) - 1, threads)
+    # NOTE: onnxruntime starts a session's pool threads when it builds it: reopen the wait clock
+    # so that their waiting counts too
+    wait.refresh()
+    return runner
+
+
 def _serve(request: dict, cache: dict) -> None:
     import numpy as np
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=int(request["threads"]))
     rng = np.random.default_rng(0)
+    backend = str(request.get("backend") or "numpy")
     if "wait" not in cache:
         np.ones((256, 256), np.float32) @ np.ones((256, 256), np.float32)   # start the BLAS threads
         cache["wait"] = WaitClock()
     wait = cache["wait"]
     if request["kind"] == "layers":
         for i, (op, params) in zip(request.get("index", itertools.count()), request["layers"]):
-            key = ("layer", op, tuple(params))
+            key = ("layer", backend, op, tuple(params))
             if key not in cache:
                 model = build_layer(op, params)
-                cache[key] = (model.plan(), rng.standard_normal(model.input_shape).astype(np.float32))
+                compiled = _compiled(backend, model, int(request["threads"]), wait)
+                plan = compiled if backend == "numpy" else _RunnerPlan(compiled)
+                cache[key] = (plan, rng.standard_normal(model.input_shape).astype(np.float32))
             plan, x = cache[key]
             samples, waited = _time_plan(plan, x, float(request.get("min_time_s", 0.2)),
                                          int(request.get("min_runs", 5)), int(request.get("max_runs", 200)), wait)
@@ -222,12 +258,16 @@ def _serve(request: dict, cache: dict) -> None:
                               "runs": len(samples), "clean": sum(is_clean(t, w) for t, w in zip(samples, waited))}),
                   flush=True)
     elif request["kind"] == "model":
-        key = ("model", request["source"], request.get("input_size"))
+        key = ("model", backend, request["source"], request.get("input_size"))
         if key not in cache:
             from ..model.loader import load_model
             model = load_model(request["source"], input_size=request.get("input_size"))
-            cache[key] = (model.plan(), rng.standard_normal(model.input_shape).astype(np.float32))
+            cache[key] = (_compiled(backend, model, int(request["threads"]), wait),
+                          rng.standard_normal(model.input_shape).astype(np.float32))
         plan, x = cache[key]
+        if backend != "numpy":
+            _time_runner(plan, x, request, wait)
+            return
         for _ in range(int(request.get("warmup", 1))):
             plan.run(x)
         marks: list[float | None] = []
@@ -247,6 +287,33 @@ def _serve(request: dict, cache: dict) -> None:
                               "waited_ms": None if None in marks else (marks[-1] - marks[0]) * 1e3}), flush=True)
     else:
         raise ValueError(f"unknown request kind {request['kind']!r}")
+
+
+def _time_runner(runner, x, request: dict, wait: WaitClock) -> None:
+    """The "model" kind on a backend other than numpy: per run, the units timed by the runner's
+    run_timed, then the plain run of the whole range (``run_ms``).
+
+    NOTE: a StageRunner's run_timed takes no clock, so the time each unit waited for a CPU is not
+    known (``unit_waited_ms`` null); the plain run is timed too because onnxruntime's per-unit times
+    add up to more than the range takes (``StageRunner.timed_sums_to_run``)."""
+    import numpy as np
+    out = np.empty(runner.output_shape, np.float32)
+    for _ in range(int(request.get("warmup", 1))):
+        runner.run(x, out)
+        runner.run_timed(x, out)      # the first timed call builds the per-unit chain
+    wait.refresh()                    # the chain's sessions brought their own threads
+    for r in range(int(request.get("runs", 5))):
+        w0, t0 = wait(), time.perf_counter()
+        times = runner.run_timed(x, out)
+        w1, t1 = wait(), time.perf_counter()
+        runner.run(x, out)
+        t2, w2 = time.perf_counter(), wait()
+        print(json.dumps({"run": r, "unit_ms": [t * 1e3 for t in times], "total_ms": (t1 - t0) * 1e3,
+                          "unit_waited_ms": None,
+                          "waited_ms": None if w0 is None or w1 is None else (w1 - w0) * 1e3,
+                          "run_ms": (t2 - t1) * 1e3,
+                          "run_waited_ms": None if w1 is None or w2 is None else (w2 - w1) * 1e3}),
+              flush=True)
 
 
 def _child_main() -> int:

@@ -1,8 +1,11 @@
 """The calibration file: a platform's fitted coefficients per core type, with the raw samples they
-were fitted on and where and when they were measured (schema ``tunerd-calibration/1``).
+were fitted on, the backend that ran them and where and when they were measured (schema
+``tunerd-calibration/1``).
 
 ``tunerd calibrate`` keeps it in the cache under the platform's key
-(:func:`tunerd.platform.identity.platform_key`), where ``tunerd hints --platform`` and the daemon look.
+(:func:`tunerd.platform.identity.platform_key`) and the backend's name, where ``tunerd hints
+--platform`` and the daemon look. ``"backend"`` was added without a new schema version: a file
+without it was measured before backends existed, on numpy's kernels, and reads as ``numpy``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from ..files import atomic_write_text, load_json
 from ..platform.identity import platform_key
 
 SCHEMA = "tunerd-calibration/1"
+DEFAULT_BACKEND = "numpy"          # what a file without "backend" was measured on
+CALIBRATED_BACKENDS = ("numpy", "onnxruntime")
 
 
 @dataclass
@@ -31,10 +36,11 @@ class Calibration:
     samples: list = field(default_factory=list)   # raw measurements (for refits and plots)
     path: str | None = None
     schema: str = SCHEMA
+    backend: str = DEFAULT_BACKEND                # the backend whose kernels the sweep ran on
 
     def to_dict(self) -> dict:
-        return {"schema": self.schema, "date": self.date, "quick": self.quick, "platform": self.platform,
-                "machine": self.machine,
+        return {"schema": self.schema, "backend": self.backend, "date": self.date, "quick": self.quick,
+                "platform": self.platform, "machine": self.machine,
                 "coefficients": {t: c.to_dict() for t, c in self.coefficients.items()},
                 "fit": self.fit, "samples": self.samples}
 
@@ -59,8 +65,13 @@ class Calibration:
         for key, kind in (("platform", Mapping), ("machine", Mapping), ("fit", Mapping), ("samples", list)):
             if key in data and not isinstance(data[key], kind):
                 raise HintsError(f"{source}: {key!r} must be {'an object' if kind is Mapping else 'a list'}")
+        backend = data.get("backend", DEFAULT_BACKEND)
+        if backend not in CALIBRATED_BACKENDS:
+            raise HintsError(f"{source}: 'backend' must be one of {', '.join(CALIBRATED_BACKENDS)}, "
+                             f"got {backend!r:.40}")
         return cls(parsed, dict(data["platform"]), str(data["date"]), dict(data.get("machine", {})),
-                   bool(data.get("quick", False)), dict(data.get("fit", {})), list(data.get("samples", [])))
+                   bool(data.get("quick", False)), dict(data.get("fit", {})), list(data.get("samples", [])),
+                   backend=backend)
 
 
 def save_calibration(cal: Calibration, path: str | os.PathLike) -> Path:
@@ -76,14 +87,24 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
     return cal
 
 
-def default_calibration_path(platform) -> Path:
-    """Where ``tunerd calibrate`` keeps a platform's calibration when not told (``-o``)."""
+def calibration_file_name(platform, backend: str = DEFAULT_BACKEND, prefix: str = "") -> str:
+    """``<prefix><platform key>.json`` for numpy (the name of old, so earlier calibrations are still
+    found) and ``<prefix><platform key>.<backend>.json`` for another backend."""
+    if backend not in CALIBRATED_BACKENDS:
+        raise HintsError(f"no calibration of backend {backend!r}: one of {', '.join(CALIBRATED_BACKENDS)}")
+    tail = "" if backend == DEFAULT_BACKEND else f".{backend}"
+    return f"{prefix}{platform_key(platform)}{tail}.json"
+
+
+def default_calibration_path(platform, backend: str = DEFAULT_BACKEND) -> Path:
+    """Where ``tunerd calibrate`` keeps a platform's calibration of ``backend`` when not told (``-o``)."""
     from ..model.loader import cache_dir
-    return cache_dir() / "calibration" / f"{platform_key(platform)}.json"
+    return cache_dir() / "calibration" / calibration_file_name(platform, backend)
 
 
-def machine_info() -> dict:
-    """Where the calibration was measured: host, CPU model, architecture, Python, numpy and BLAS."""
+def machine_info(backend: str | None = None) -> dict:
+    """Where the calibration was measured: host, CPU model, architecture, Python, numpy and BLAS,
+    and with ``backend`` what runs it (its version and speed options, tunerd.backends)."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -102,4 +123,7 @@ def machine_info() -> dict:
         info["blas"] = ", ".join(blas)
     except ImportError:
         pass
+    if backend is not None:
+        from ..backends import get_backend
+        info["backend"] = get_backend(backend).describe()
     return info

@@ -241,4 +241,5 @@ def refit(cal: Calibration) -> Calibration:
         raise HintsError("the calibration holds no samples to refit")
     llc = {c["core_type"]: c.get("llc_bytes", 8 * 2**20) for c in cal.platform.get("clusters", [])}
     coeffs, report = fit(samples, sweep, quick=cal.quick, llc=llc)
-    return Calibration(coeffs, cal.platform, cal.date, cal.machine, cal.quick, report, cal.samples)
+    return Calibration(coeffs, cal.platform, cal.date, cal.machine, cal.quick, report, cal.samples,
+                       backend=cal.backend)

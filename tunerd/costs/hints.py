@@ -6,7 +6,7 @@ calibration (``tunerd calibrate``) or a board file (``hints/boards/``). Stored a
 
     {"schema": "tunerd-hints/1",
      "model": {"name", "source", "hash", "input_shape"},
-     "producer": {"kind": "board" | "calibration", "name", "date", ...},
+     "producer": {"kind": "board" | "calibration", "name", "date", "backend", ...},
      "clusters": [{"name", "core_type", "cores"}], "interconnect_gbs": float | null,
      "units": [{"index", "first_node", "last_node", "flops", "weight_bytes", "out_bytes",
                 "predicted_ms": {CORE_TYPE: [ms on 1 core, 2 cores, ...]}}],
@@ -14,6 +14,12 @@ calibration (``tunerd calibrate``) or a board file (``hints/boards/``). Stored a
 
 Shipped files for the zoo models on the reference boards live in the package data ``tunerd.hintfiles``
 (the repo's ``hints/``) as ``<model>.<board>.hints.json``; ``tools/make_hints.py`` regenerates them.
+
+Backends: hints from a calibration are for the backend it was measured on (``producer.backend``;
+absent in files made before backends existed, which were numpy's), and :func:`load_hints` with
+``backend=`` refuses another backend's. Hints from a board file have no backend: a board's costs are
+fitted to published throughput of the board's own library (ARM-CL), neither of tunerd's backends,
+and a simulated board runs no kernels, so they load for any backend (:attr:`Hints.backend` None).
 """
 from __future__ import annotations
 
@@ -32,16 +38,16 @@ import numpy as np
 from .costmodel import CoreCoeffs, FeatureTable, coeffs_from_board, predict_table
 from ..errors import ConfigError, HintsError
 from ..files import atomic_write_text, load_json
-from ..platform.identity import platform_key
 from .table import UnitCostTable, cores_column
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "tunerd-hints/1"
 HINTS_SUFFIX = ".hints.json"
+DEFAULT_BACKEND = "numpy"      # what calibrated hints without producer.backend were made for
 
-__all__ = ["SCHEMA", "Hints", "HintUnit", "make_hints", "save_hints", "load_hints", "predict_for_board",
-           "shipped_hints", "shipped_hints_path", "hints_for_platform"]
+__all__ = ["SCHEMA", "Hints", "HintUnit", "make_hints", "save_hints", "load_hints", "check_backend",
+           "predict_for_board", "shipped_hints", "shipped_hints_path", "hints_for_platform"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ class Hints:
     @property
     def n_units(self) -> int:
         return len(self.units)
+
+    @property
+    def backend(self) -> str | None:
+        """The backend these costs are for; None for a board's (good for any, module docstring)."""
+        if "backend" in self.producer:
+            return str(self.producer["backend"])
+        return None if self.producer.get("kind") == "board" else DEFAULT_BACKEND
 
     @property
     def out_bytes(self) -> np.ndarray:
@@ -197,6 +210,8 @@ class Hints:
         producer = data.get("producer", {})
         if not isinstance(producer, Mapping):
             raise HintsError(f"{source}: 'producer' must be an object")
+        if "backend" in producer and (not isinstance(producer["backend"], str) or not producer["backend"]):
+            raise HintsError(f"{source}: producer.backend must be a backend name, got {producer['backend']!r:.40}")
         coefficients = data.get("coefficients") or {}
         if not isinstance(coefficients, Mapping) or not all(isinstance(v, Mapping) for v in coefficients.values()):
             raise HintsError(f"{source}: 'coefficients' must be an object of objects (per core type), "
@@ -274,14 +289,16 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
+def make_hints(model, *, board=None, calibration=None, platform=None, backend: str | None = None) -> Hints:
     """Hints for ``model`` (a Model, or a source for load_model) from exactly one of:
 
     - ``board``: a shipped board name, a board file path or a board dict;
     - ``calibration``: a :class:`tunerd.costs.calibration_file.Calibration` or a calibration file path, for the
       clusters of ``platform`` (a Platform or spec string; default: the calibrated platform).
 
-    A ``platform`` that is a simulated board (``board:NAME``) stands for ``board``.
+    A ``platform`` that is a simulated board (``board:NAME``) stands for ``board``. With ``backend``
+    (numpy, onnxruntime) a calibration of another backend is a HintsError naming both; board costs
+    serve any backend.
     """
     model = _model(model)
     if platform is not None and not hasattr(platform, "clusters"):
@@ -298,6 +315,10 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
         return _board_hints(model, board)
     from .calibration_file import Calibration, load_calibration
     cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+    if backend is not None and cal.backend != backend:
+        raise HintsError(f"calibration {cal.path or '(in memory)'} was measured on the {cal.backend} backend, "
+                         f"hints for the {backend} backend need one of {backend}: run "
+                         f"`tunerd calibrate --backend {backend}`")
     if platform is not None:
         clusters = [{"name": c.name, "core_type": c.core_type, "cores": c.cores} for c in platform.clusters]
     else:
@@ -305,7 +326,7 @@ def make_hints(model, *, board=None, calibration=None, platform=None) -> Hints:
                     for c in cal.platform.get("clusters", [])]
     producer = {"kind": "calibration", "name": cal.platform.get("spec", ""), "file": cal.path or "",
                 "calibrated": cal.date, "machine": cal.machine.get("cpu", ""), "quick": cal.quick,
-                "date": _now()}
+                "backend": cal.backend, "date": _now()}
     return _build(model, cal.coefficients, clusters, producer, None)
 
 
@@ -366,12 +387,23 @@ def check_model(hints: Hints, model, source: str = "hints") -> None:
                          f"{model.hash[:12]}; regenerate them with `tunerd hints`")
 
 
-def load_hints(path: str | os.PathLike, *, model=None) -> Hints:
-    """Read and validate a hints file; with ``model``, also check that it was made for that model."""
+def check_backend(hints: Hints, backend: str, source: str = "hints") -> None:
+    """HintsError unless ``hints`` hold costs of ``backend`` (board hints hold costs for any)."""
+    have = hints.backend
+    if have is not None and have != backend:
+        raise HintsError(f"{source}: hints for the {have} backend, the daemon runs {backend}: regenerate "
+                         f"with tunerd hints --backend {backend}")
+
+
+def load_hints(path: str | os.PathLike, *, model=None, backend: str | None = None) -> Hints:
+    """Read and validate a hints file; with ``model``, also check that it was made for that model,
+    with ``backend`` (numpy, onnxruntime) that its costs are that backend's."""
     path = Path(path)
     hints = Hints.from_dict(load_json(path, "hints file"), source=str(path))
     if model is not None:
         check_model(hints, model, str(path))
+    if backend is not None:
+        check_backend(hints, backend, str(path))
     return hints
 
 
@@ -398,26 +430,32 @@ def shipped_hints(model_name: str, board_name: str) -> Hints | None:
 # ------------------------------------------------------------------------------ the daemon's hints
 
 def hints_for_platform(model, platform, *, cache_dir: str | os.PathLike | None = None,
-                       sysfs_root: str | os.PathLike = "/sys", calibration=None) -> Hints:
-    """Hints for the platform the daemon runs on.
+                       sysfs_root: str | os.PathLike = "/sys", calibration=None,
+                       backend: str = DEFAULT_BACKEND) -> Hints:
+    """Hints for the platform the daemon runs on, for the backend its stages run (``numpy`` or
+    ``onnxruntime``; ``auto`` and a Backend resolve to one).
 
-    A board platform uses its board file. A real or emulated one uses ``calibration`` if given, else
-    the calibration stored for this platform (``tunerd calibrate`` writes it in the default place or
-    ``cache_dir``); with none, a quick calibration runs now (seconds) and is kept in ``cache_dir``.
+    A board platform uses its board file (any backend). A real or emulated one uses ``calibration``
+    if given, else the calibration of ``backend`` stored for this platform (``tunerd calibrate
+    --backend`` writes it in the default place or ``cache_dir``); with none, a quick calibration
+    runs now on ``backend`` (seconds) and is kept in ``cache_dir``. A calibration of another backend
+    is never used: given or found, it is a HintsError naming both.
     """
     if getattr(platform, "source", "") == "board":
         return make_hints(model, platform=platform)
+    from .calibrate import backend_name
+    backend = backend_name(backend)
     if calibration is None:
         from .calibrate import calibrate
-        from .calibration_file import default_calibration_path, save_calibration
-        candidates = [default_calibration_path(platform)]
+        from .calibration_file import calibration_file_name, default_calibration_path, save_calibration
+        candidates = [default_calibration_path(platform, backend)]
         if cache_dir is not None:
-            candidates.insert(0, Path(cache_dir) / f"calibration-{platform_key(platform)}.json")
+            candidates.insert(0, Path(cache_dir) / calibration_file_name(platform, backend, "calibration-"))
         calibration = next((p for p in candidates if p.is_file()), None)
         if calibration is None:
-            log.warning("no calibration for platform %s; running a quick one (run `tunerd calibrate` "
-                        "for better hints)", platform.describe())
-            cal = calibrate(platform, quick=True, sysfs_root=sysfs_root, progress=False)
+            log.warning("no %s calibration for platform %s; running a quick one (run `tunerd calibrate "
+                        "--backend %s` for better hints)", backend, platform.describe(), backend)
+            cal = calibrate(platform, quick=True, sysfs_root=sysfs_root, progress=False, backend=backend)
             target = candidates[0]
             try:
                 save_calibration(cal, target)
@@ -425,6 +463,6 @@ def hints_for_platform(model, platform, *, cache_dir: str | os.PathLike | None =
                 log.warning("cannot keep the calibration in %s: %s", target, err)
             calibration = cal
     try:
-        return make_hints(model, calibration=calibration, platform=platform)
+        return make_hints(model, calibration=calibration, platform=platform, backend=backend)
     except ConfigError as err:
         raise HintsError(str(err)) from err

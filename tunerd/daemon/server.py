@@ -141,7 +141,7 @@ class Daemon(SocketsMixin, ControlMixin):
             return self._hints_provider(self.model, self.platform)
         from ..costs.hints import hints_for_platform
         return hints_for_platform(self.model, self.platform, cache_dir=Path(self.cfg.state_dir) / "hints",
-                                  sysfs_root=self.cfg.sysfs_root).to_table()
+                                  sysfs_root=self.cfg.sysfs_root, backend=self.backend.name).to_table()
 
     def _initial_config(self) -> str:
         stored = self.store.load_tuned(self.model.hash, self.platform_sig, self.monitor.freq_state())
