@@ -49,7 +49,15 @@ def test_status_renders_a_minimal_map():
     text = ctl.render_status({"state": "idle", "config": None, "best": {"config": None, "fps": None},
                               "evaluations": 0, "frames_served": 0, "retunes": 0, "platform": "auto"})
     assert "idle" in text and "auto" in text and "- fps" in text and "0 frames" in text
-    assert "daemon on" not in text
+    assert "daemon on" not in text and "gain" not in text
+
+
+def test_status_shows_what_tuning_earned():
+    text = ctl.render_status({"state": "converged", "config": "0-3@big:1 | 4-9@little:1", "gain": {
+        "config": "0-3@big:1 | 4-9@little:1", "fps": 28.4,
+        "single_cluster": {"config": "0-9@big:1", "fps": 19.0}, "ratio": 28.4 / 19.0}})
+    assert "gain      1.49x over the best single cluster, 0-9@big:1 (19.0 fps)" in text
+    assert "gain" not in ctl.render_status({"gain": {"ratio": None}})
 
 
 def test_history_accepts_the_early_key_name():

@@ -67,7 +67,7 @@ def test_ask_tell_lifecycle_and_budget():
     assert fps >= 0.95 * max(np.mean(v) for v in tuner.measured.values())
     for h in tuner.history:
         assert set(h) >= {"index", "config", "fps", "time", "state", "predicted_fps", "reason"}
-        assert h["reason"] in {"hints", "first", "exploit", "re-measure", "explore", "near-tie", "confirm"}
+        assert h["reason"] in {"hints", "baseline", "first", "exploit", "re-measure", "explore", "near-tie", "confirm"}
         validate(parse_config(h["config"]), 10, tuner.clusters)
     assert [h["index"] for h in tuner.history] == list(range(1, len(tuner.history) + 1))
     status = tuner.status()
@@ -350,3 +350,27 @@ def test_a_retune_before_the_first_search_only_changes_the_speeds():
         assert tuner.state == states.IDLE
         tuner.ask()
         assert tuner.state == states.TUNING and tuner.episode_budget == 20
+
+
+def test_gain_over_the_best_single_cluster_config_measured():
+    tuner = _tuner(budget=20)
+    n = tuner.n_units
+    assert tuner.gain() is None                       # nothing measured
+    tuner.ask()                                       # the search starts
+    tuner.tell(f"0-{n - 1}@a57:4", 10.0)
+    tuner.tell(f"0-{n - 1}@denver:2", 12.0)
+    tuner.tell(f"0-{n - 1}@denver:2", 14.0)
+    gain = tuner.gain(f"0-{n - 1}@denver:2")          # a single-cluster config is its own baseline
+    assert gain["single_cluster"] == {"config": f"0-{n - 1}@denver:2", "fps": 13.0} and gain["ratio"] == 1.0
+    pipe = f"0-3@denver:2|4-{n - 1}@a57:4"
+    assert tuner.gain(pipe) is None                   # not measured: no figure
+    tuner.tell(pipe, 19.5)
+    gain = tuner.gain(pipe)
+    assert gain["fps"] == 19.5 and gain["ratio"] == pytest.approx(1.5)
+    assert gain["single_cluster"]["config"] == f"0-{n - 1}@denver:2"
+    two_stages_one_cluster = f"0-3@a57:2|4-{n - 1}@a57:2"
+    tuner.tell(two_stages_one_cluster, 15.0)         # a pipeline inside one cluster counts as single-cluster
+    assert tuner.gain(pipe)["single_cluster"] == {"config": str(parse_config(two_stages_one_cluster)), "fps": 15.0}
+    assert tuner.gain()["config"] == str(tuner.best[0])
+    tuner.retune({"denver": 0.5})
+    assert tuner.gain(pipe) is None                   # measured at the old speeds: forgotten

@@ -9,6 +9,10 @@
 5. lowers the emulated `big` cluster's frequency to 60% (what DVFS/thermal throttling does) and shows
    the daemon notice it and retune, again until converged;
 6. prints the final status and stops everything (SIGTERM: the daemon finishes frames in flight).
+
+After each convergence it says what tuning earned: the running config's measured fps over the best
+single-cluster config measured (status "gain"). The daemon runs on the backend `auto` picks
+(onnxruntime where installed, else numpy).
 """
 from __future__ import annotations
 
@@ -51,6 +55,18 @@ def status(control: str) -> dict:
     out = subprocess.run([str(BIN / "tunerctl"), "--control", control, "status", "--json"],
                          capture_output=True, text=True)
     return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def say_gain(control: str, when: str) -> None:
+    st = status(control)
+    gain = st.get("gain") or {}
+    if isinstance(gain.get("ratio"), (int, float)):
+        base = gain.get("single_cluster") or {}
+        print(f"== {when}: {gain['config']} at {gain['fps']:.1f} fps on {st.get('backend')}, "
+              f"{gain['ratio']:.2f}x the best single-cluster config measured ({base.get('config')}, "
+              f"{base.get('fps', 0):.1f} fps)", flush=True)
+    else:
+        print(f"== {when}: no single-cluster figure measured yet", flush=True)
 
 
 def wait_for_daemon(control: str, daemon: subprocess.Popen, timeout: float) -> None:
@@ -100,6 +116,7 @@ def main(argv=None) -> int:
             print("== tunerctl watch (until converged)", flush=True)
             run_ctl(control, "watch", "--interval", "1", timeout=args.timeout)
             run_ctl(control, "status")
+            say_gain(control, "converged")
             retunes = status(control).get("retunes", 0)
             big = parse_platform_spec(spec).clusters
             first_big = next(c for c in big if c.name == "big").cpus[0]
@@ -112,6 +129,7 @@ def main(argv=None) -> int:
                 time.sleep(0.5)
             run_ctl(control, "watch", "--interval", "1", timeout=args.timeout)
             run_ctl(control, "status")
+            say_gain(control, "retuned")
             run_ctl(control, "history", "--last", "10")
         finally:
             if loadgen is not None:

@@ -99,6 +99,8 @@ class ControlMixin:
             "input_shape": list(self.model.input_shape), "uptime_s": self.clock() - self.started_at,
             "events": list(self.events), "version": __version__,
             "backend": getattr(getattr(self, "backend", None), "name", None),
+            # NOTE: while a candidate not yet measured runs, the incumbent's gain (it says which)
+            "gain": self.tuner.gain(self.pipeline.config) or self.tuner.gain(),
         }
 
     def _platform_now(self, speeds: dict, freqs: dict) -> dict:

@@ -81,6 +81,23 @@ class ProposalsMixin:
         ms = self.cost.predicted.ms(cluster.core_type, cluster.cores)
         return float(ref.sum() / ms.sum()) * cluster.speed
 
+    def baseline(self) -> PipelineConfig:
+        """The config without a pipeline across clusters a user would run: the whole model on the
+        cluster of most predicted capacity at the current speeds, on all its cores."""
+        ref = self.cost.predicted.predicted_ms[self.clusters[0].core_type][:, 0]
+        best = max(self.current_clusters, key=lambda c: self._capacity(c, ref))
+        return PipelineConfig((Stage(0, self.n_units - 1, best.name, best.cores),))
+
+    def _queue_baseline(self) -> None:
+        """Queue the baseline once per episode (after what is queued already), so that what tuning
+        earned over it (Tuner.gain) is measured, not guessed; ``measure_baseline=False`` skips it."""
+        if not self.params.get("measure_baseline", True) or self.n_units < 1:
+            return
+        key = self.space.key(self.space.from_config(self.baseline()))
+        if key not in self.queue and key not in self.measured:
+            self.queue.append(key)
+            self._why([key], "baseline")
+
     def _seed(self) -> None:
         p = self.params
         if p["use_hints"]:
@@ -91,6 +108,7 @@ class ProposalsMixin:
             # expected to do best once the predictions' errors are accounted for
             first = self._robust_choice(hinted)
             self.queue = self._why([self.space.key(first)], "hints")
+            self._queue_baseline()
         else:
             pop = []
             for _ in range(p["population_size"] * 4):

@@ -91,6 +91,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
                  contention: Mapping[str, float] | None = None, noise_prior: float = 0.03,
                  explore_kappa: float = 1.5, explore_floor: float = 0.8, explore_top_k: int = 3,
                  near_tie: float = 0.97, confirm_top_k: int = 3, confirm_floor: float = 0.85,
+                 measure_baseline: bool = True,
                  clock: Callable[[], float] | None = None) -> None:
         self.clusters = as_cluster_specs(clusters)
         if interconnect_gbs is None:  # hints know their board's interconnect
@@ -112,6 +113,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
             explore_kappa=float(explore_kappa), explore_floor=float(explore_floor),
             explore_top_k=int(explore_top_k), near_tie=float(near_tie),
             confirm_top_k=int(confirm_top_k), confirm_floor=float(confirm_floor),
+            measure_baseline=bool(measure_baseline),
         )
         by_name = {c.name: c for c in self.clusters}
         for name in (contention or {}):
@@ -159,6 +161,23 @@ class Tuner(ProposalsMixin, ChoiceMixin):
         """The incumbent (best estimate, see :meth:`estimates`) and its mean measured fps."""
         key = self._best_key()
         return None if key is None else (parse_config(key), self._mean(key))
+
+    def gain(self, config: PipelineConfig | str | None = None) -> dict | None:
+        """What tuning earned: ``config``'s mean measured fps (default: the incumbent) over the best
+        measured single-cluster config (every stage on one cluster: what a user gets without a
+        pipeline across clusters). None until both are measured; like every measured figure, the
+        baseline is forgotten on a retune (it was measured at the old speeds) until measured again."""
+        key = str(parse_config(config) if isinstance(config, str) else config) if config is not None \
+            else self._best_key()
+        if key is None or key not in self.measured:
+            return None
+        single = [k for k in self.measured if len({s.cluster for s in parse_config(k).stages}) == 1]
+        if not single:
+            return None
+        base = max(single, key=lambda k: (self._mean(k), len(self.measured[k])))
+        fps, base_fps = self._mean(key), self._mean(base)
+        return {"config": key, "fps": fps, "single_cluster": {"config": base, "fps": base_fps},
+                "ratio": fps / base_fps if base_fps > 0 else None}
 
     @property
     def current_clusters(self) -> list[ClusterSpec]:
@@ -286,6 +305,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
             self.state = states.RETUNING
             if not self.population:
                 self._seed()
+        self._queue_baseline()
 
     def pin(self, config: PipelineConfig | str) -> None:
         if isinstance(config, str):

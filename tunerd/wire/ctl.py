@@ -146,6 +146,9 @@ def render_status(status: dict, *, ascii: bool = False) -> str:
     rows.append(("config", f"{status.get('config') or '-'}   {_fps(status.get('fps'))}"
                  + (f"  (epoch {epoch})" if epoch is not None else "")))
     rows.append(("best", f"{best.get('config') or '-'}   {_fps(best.get('fps'))}"))
+    gain = _gain_text(status.get("gain"))
+    if gain:
+        rows.append(("gain", gain))
     retunes = status.get("retunes", 0)
     rows.append(("search", f"generation {status.get('generation', '-')}, {status.get('evaluations', 0)} evaluations, "
                            f"{retunes} retune{'' if retunes == 1 else 's'}"))
@@ -165,6 +168,16 @@ def render_status(status: dict, *, ascii: bool = False) -> str:
         rows.append(("progress", line))
     rows.append(("uptime", duration(status.get("uptime_s"))))
     return "\n".join([head] + [f"  {label:<9} {text}" for label, text in rows])
+
+
+def _gain_text(gain) -> str | None:
+    """The running config's measured fps over the best single-cluster config measured, e.g.
+    ``1.42x over 0-49@big:1 (18.9 fps)``; None when the daemon has no such figure yet."""
+    if not isinstance(gain, dict) or not isinstance(gain.get("ratio"), (int, float)):
+        return None
+    base = gain.get("single_cluster") if isinstance(gain.get("single_cluster"), dict) else {}
+    return (f"{gain['ratio']:.2f}x over the best single cluster, {base.get('config') or '-'} "
+            f"({_fps(base.get('fps'))})")
 
 
 def status_line(status: dict) -> str:
