@@ -381,7 +381,9 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
             report["failure_count"] += 1
         report["daemon_alive"] = _alive(daemon_pid)
         if not report["daemon_alive"]:
+            failures.append("the daemon died")
             report["failure_count"] += 1
+        report["failures"] = failures[:50]
     if control_address:
         from tunerd.wire.client import ControlClient
         with ControlClient(control_address, timeout=10) as ctl:

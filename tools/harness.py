@@ -100,7 +100,7 @@ class DaemonProcess:
     def __init__(self, workdir: str | os.PathLike, *, name: str = "d", state_dir: str | os.PathLike | None = None,
                  model: str = MODEL, size: int = SIZE, spec: str = SPEC, config_text: str | None = None,
                  extra: tuple[str, ...] = (), start: bool = True, ready_timeout: float = 180.0,
-                 ctl_options: dict | None = None):
+                 ctl_options: dict | None = None, backend: str | None = "numpy"):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -111,6 +111,11 @@ class DaemonProcess:
         self.argv = [str(BIN / "tunerd"), "serve", "--model", model, "--input-size", str(size), "--platform", spec,
                      "--sysfs-root", str(self.sysfs), "--frames", self.frames, "--control", self.control,
                      "--state-dir", str(self.state_dir), "--budget", "12", "--log-level", "info", *extra]
+        # NOTE: numpy unless told: the callers compare replies with the numpy reference (Model.run on
+        # numpy) to the last bit; None leaves the choice to the daemon's configuration (auto)
+        self.backend = backend
+        if backend is not None and "--backend" not in extra:
+            self.argv += ["--backend", backend]
         if config_text is not None:
             path = self.workdir / f"{name}.toml"
             path.write_text(config_text)
