@@ -264,6 +264,30 @@ def test_stage_carries_only_its_units_weights(name):
     assert total == sum(w.nbytes for w in weights.values())     # the units' cuts partition the weights
 
 
+def test_the_export_stages_are_cut_from_reads_no_weight():
+    """The skeleton is exported without the weights (declared as inputs of their shape instead), and
+    a session, once built, gives back the pages of the mapped weights file that its cut read."""
+    import psutil
+    from tunerd.backends.subgraph import release_mapped_pages
+    from tunerd.model.onnx_io import export_onnx
+    m = load_model("zoo:alexnet", input_size=64)        # stored: weights mapped from the cache
+    weights = m.graph.weights
+    proto = export_onnx(m.graph, with_weights=False)
+    assert not {t.name for t in proto.graph.initializer} & set(weights)
+    declared = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert all(declared[k] == list(v.shape) for k, v in weights.items())
+    big = max(weights.values(), key=lambda a: a.nbytes)
+    assert isinstance(big.base, np.ndarray) and big.nbytes > 8 * 2**20
+    me = psutil.Process()
+    before = me.memory_info().rss
+    float(np.asarray(big, np.float64).sum())             # page it in
+    paged = me.memory_info().rss
+    release_mapped_pages([big])
+    after = me.memory_info().rss
+    assert paged - before > 0.5 * big.nbytes and paged - after > 0.5 * big.nbytes, (before, paged, after)
+    release_mapped_pages([np.zeros(3)])                  # not a mapping: left alone
+
+
 # ---------------------------------------------------------------- errors name units and backend
 
 def test_errors_name_units_and_backend(monkeypatch):

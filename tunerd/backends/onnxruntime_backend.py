@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from .base import Backend, StageRunner, where
-from .subgraph import export_of, release_freed_memory
+from .subgraph import export_of, release_freed_memory, release_mapped_pages
 
 # NOTE: measured on a 2-core Xeon (onnxruntime 1.32, whole model at 224, threads 2): spinning gains
 # 5-8 % when the session has the cores to itself (squeezenet 180 vs 167 fps, resnet50 18.1 vs 16.7) and
@@ -158,6 +158,7 @@ class OnnxruntimeBackend(Backend):
             session._model_bytes = None
         del data
         release_freed_memory()            # the cut's buffers, freed but still resident otherwise
+        release_mapped_pages(export.weights.values())    # the session has its own copy now
         self.sessions_built += 1
         ins, outs = export.ends[first][0], export.ends[last][1]
         return _Session(session, first, last, export.shapes[ins], export.shapes[outs])

@@ -29,7 +29,9 @@ class Export:
     def __init__(self, model):
         from ..model.onnx_io import export_onnx
         import onnx
-        proto = export_onnx(model.graph)
+        # NOTE: weightless: exporting with the weights read every page of the mapped weights file
+        # into this process (measured alexnet at 224: +230 MiB resident in every stage worker)
+        proto = export_onnx(model.graph, with_weights=False)
         weights = model.graph.weights
         # NOTE: copied into a fresh message so that dropping ``proto`` frees the weight bytes of the
         # export (protobuf keeps a message's whole arena alive while any part of it is referenced)
@@ -85,6 +87,29 @@ class Export:
                                   opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in self.opsets])
         proto.ir_version = self.ir_version
         return proto
+
+
+def release_mapped_pages(arrays) -> None:
+    """Drop from this process the resident pages of the memory-mapped files ``arrays`` view.
+
+    A session holds its own copy of the weights once it is built, so the mapped pages that the cut
+    read are not needed by it any more; ``MADV_DONTNEED`` on a read-only file mapping only unmaps
+    them here (they stay in the page cache, and a later read faults them back in). Arrays not backed
+    by a mapping are left alone."""
+    import mmap
+    seen = set()
+    for a in arrays:
+        base = a
+        while base is not None and not isinstance(base, np.memmap) and isinstance(base, np.ndarray):
+            base = base.base
+        mm = getattr(base, "_mmap", None)
+        if mm is None or id(mm) in seen or not hasattr(mm, "madvise"):
+            continue
+        seen.add(id(mm))
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def release_freed_memory() -> None:

@@ -209,14 +209,19 @@ def _fold_shapes(graph: Graph, opset: int) -> None:
 
 # ---------------------------------------------------------------- export
 
-def export_onnx(graph: Graph, path: str | os.PathLike | None = None):
-    """Write the (optimised) graph as an opset-13 ONNX model; returns the ModelProto."""
+def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_weights: bool = True):
+    """Write the (optimised) graph as an opset-13 ONNX model; returns the ModelProto.
+
+    ``with_weights=False`` leaves the graph's weights out of the initializers (the constants the
+    export itself adds stay): the skeleton tunerd.backends.subgraph cuts stages from, made without
+    reading (or paging in) a byte of the weights."""
     onnx, numpy_helper = _require_onnx()
     from onnx import TensorProto, helper
 
     from .passes import infer_shapes
     shapes = infer_shapes(graph)
-    inits = [numpy_helper.from_array(np.ascontiguousarray(v), name=k) for k, v in graph.weights.items()]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(v), name=k) for k, v in graph.weights.items()] \
+        if with_weights else []
     out_nodes = []
     # NOTE: tensors and nodes are separate namespaces; added ones take names not used yet in theirs
     tensor_names = set(graph.weights) | {t for n in graph.nodes for t in n.inputs + n.outputs}
@@ -275,9 +280,15 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None):
             out_nodes.append(helper.make_node("Clip", [pre_act, lo, hi], outputs[:1],
                                               name=fresh(f"{name}__relu6", node_names)))
 
+    # NOTE: without the weights, they are declared as graph inputs of their shape and dtype, so that
+    # the skeleton is still a valid model
+    weight_inputs = [] if with_weights else [
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape))
+        for k, v in graph.weights.items()]
     g = helper.make_graph(
         out_nodes, graph.name,
-        [helper.make_tensor_value_info(graph.input_name, TensorProto.FLOAT, list(graph.input_shape))],
+        [helper.make_tensor_value_info(graph.input_name, TensorProto.FLOAT, list(graph.input_shape))]
+        + weight_inputs,
         [helper.make_tensor_value_info(graph.output_name, TensorProto.FLOAT, list(shapes[graph.output_name]))],
         initializer=inits)
     model = helper.make_model(g, producer_name="tunerd", opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
