@@ -346,6 +346,7 @@ def test_a_failing_kernel_fails_only_its_frame():
     assert [o.frame_id for o in got] == list(range(6))
     assert [o.ok for o in got] == [True, True, False, True, True, True]
     assert "stage 0" in got[2].error and "poisoned frame" in got[2].error and got[2].output is None
+    assert "units 0-2, numpy backend" in got[2].error      # which stage, units and backend failed
 
 
 # --------------------------------------------------------------------------- faults
