@@ -214,6 +214,26 @@ def test_session_cache_hit_and_bound():
         a.run(np.zeros(a.input_shape, np.float32), np.zeros(a.output_shape, np.float32))
 
 
+def test_cached_sessions_hold_at_most_one_models_weights():
+    """However many ranges a search compiles, the cached sessions copy at most one model's weights
+    (the newest always stays), and a runner says what it holds, its chain included."""
+    m = model("alexnet")
+    backend = OnnxruntimeBackend()
+    budget = backend.memory_budget(m)
+    assert budget == sum(w.nbytes for w in m.graph.weights.values())
+    n = len(m.units)
+    for first, last in [(0, n - 1), (0, n // 2 - 1), (n // 2, n - 1), (1, n - 1), (0, n - 2), (2, n - 1)]:
+        r = backend.compile(m, first, last)
+        assert sum(s.nbytes for s in backend._sessions.values()) <= max(budget, r.private_bytes)
+        assert next(reversed(backend._sessions.values())) is r._main
+    whole = backend.compile(m, 0, n - 1)
+    assert whole.private_bytes == whole._main.nbytes > 0.9 * budget
+    out = np.empty(whole.output_shape, np.float32)
+    whole.run_timed(np.zeros(whole.input_shape, np.float32), out)
+    assert whole.private_bytes > 1.8 * budget                 # the chain's second copy counts
+    assert get_backend("numpy").memory_budget(m) is None and get_backend("numpy").compile(m).private_bytes == 0
+
+
 def test_run_model_compiles_once():
     m = model("squeezenet")
     backend = OnnxruntimeBackend()

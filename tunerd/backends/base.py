@@ -47,6 +47,9 @@ class StageRunner(ABC):
     # False where run_timed times units apart and they add up to more than run takes (the worker then
     # scales them to the stage's untimed compute, tunerd.pipeline.worker._attribute)
     timed_sums_to_run: bool = True
+    # Bytes of weights this runner holds a private copy of (an onnxruntime session's initializers);
+    # 0 where it reads the shared, memory-mapped weights file (numpy). What a cache of runners weighs.
+    private_bytes: int = 0
 
     @property
     def n_units(self) -> int:
@@ -93,6 +96,11 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line for logs: name, version and the options that change speed."""
         return f"{self.name} {self.version()}"
+
+    def memory_budget(self, model) -> int | None:
+        """Bytes of private weight copies worth keeping in caches for ``model`` (runners and
+        sessions of ranges not running now), or None for no bound (runners that copy nothing)."""
+        return None
 
     @abstractmethod
     def compile(self, model, first_unit: int = 0, last_unit: int | None = None,

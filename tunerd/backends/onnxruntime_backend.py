@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from .base import Backend, StageRunner, where
-from .subgraph import export_of, release_freed_memory, release_mapped_pages
+from .subgraph import export_of, initializer_bytes, release_freed_memory, release_mapped_pages
 
 # NOTE: measured on a 2-core Xeon (onnxruntime 1.32, whole model at 224, threads 2): spinning gains
 # 5-8 % when the session has the cores to itself (squeezenet 180 vs 167 fps, resnet50 18.1 vs 16.7) and
@@ -68,9 +68,10 @@ def _address(a: np.ndarray) -> int:
 class _Session:
     """One built session and what running it needs; shared by every runner of its range."""
 
-    def __init__(self, session, first: int, last: int, in_shape, out_shape):
+    def __init__(self, session, first: int, last: int, in_shape, out_shape, nbytes: int = 0):
         self.session = session
         self.first, self.last = first, last
+        self.nbytes = int(nbytes)          # its initializers: the weights it holds a copy of
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.input_shape, self.output_shape = tuple(in_shape), tuple(out_shape)
@@ -142,6 +143,7 @@ class OnnxruntimeBackend(Backend):
         ort = _ort()
         try:
             proto = export.cut(first, last)
+            nbytes = initializer_bytes(proto)
             data = proto.SerializeToString()
             del proto                     # NOTE: the stage's weights are in ``data`` and in the session
             session = ort.InferenceSession(data, self.options(threads, spinning),
@@ -161,7 +163,7 @@ class OnnxruntimeBackend(Backend):
         release_mapped_pages(export.weights.values())    # the session has its own copy now
         self.sessions_built += 1
         ins, outs = export.ends[first][0], export.ends[last][1]
-        return _Session(session, first, last, export.shapes[ins], export.shapes[outs])
+        return _Session(session, first, last, export.shapes[ins], export.shapes[outs], nbytes)
 
     def _cached(self, cache: OrderedDict, limit: int, export, first: int, last: int, threads: int,
                 spinning: bool) -> _Session:
@@ -173,12 +175,19 @@ class OnnxruntimeBackend(Backend):
                 self.cache_hits += 1
                 return hit
         built = self._build(export, first, last, threads, spinning)   # NOTE: outside the lock (slow)
+        budget = export.weight_bytes
         with self._lock:
             built = cache.setdefault(key, built)
             cache.move_to_end(key)
-            while len(cache) > limit:
+            # NOTE: bounded in count and in the weights the sessions copy (one model's worth), so
+            # that a worker through a long search keeps a flat memory; the newest always stays
+            while len(cache) > limit or (len(cache) > 1 and sum(s.nbytes for s in cache.values()) > budget):
                 cache.popitem(last=False)      # runners still holding it keep it alive
         return built
+
+    def memory_budget(self, model) -> int:
+        """One model's weights: what runners of ranges not running now may keep copied."""
+        return export_of(model).weight_bytes
 
     def unit_session(self, export, unit: int, threads: int) -> _Session:
         # NOTE: chain sessions never spin: a unit's pool threads spinning after their run would take
@@ -222,6 +231,12 @@ class OnnxruntimeRunner(StageRunner):
         self._chain: list[_Session] | None = None
         self._between: list[np.ndarray] = []
         self._staging: np.ndarray | None = None
+
+    @property
+    def private_bytes(self) -> int:
+        """The weights its range session and, once built, its per-unit chain hold copies of."""
+        chain = [] if self._chain is None else [s for s in self._chain if s is not self._main]
+        return (self._main.nbytes if self._main is not None else 0) + sum(s.nbytes for s in chain)
 
     @property
     def session(self):

@@ -46,6 +46,7 @@ class Export:
         self._skeleton = skeleton
         self.small = {t.name: t for t in skeleton.initializer}   # constants the export added
         self.weights = weights
+        self.weight_bytes = int(sum(w.nbytes for w in weights.values()))
         self.producer = {o: i for i, n in enumerate(skeleton.node) for o in n.output}
         self.ends = [(u.input, u.output) for u in model.units]
         self.shapes = {t: tuple(model.shapes[t]) for pair in self.ends for t in pair}

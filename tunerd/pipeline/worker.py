@@ -186,6 +186,12 @@ class StageWorker:
             role = self.done_roles.pop(msg[1], None)
             if role is not None:
                 role.close()
+                role.runner = None
+                if self.backend.memory_budget(self.model) is not None:
+                    # NOTE: a runner dropped from the cache is freed with its last role; give the
+                    # heap pages of its session's weights back (glibc keeps them resident otherwise)
+                    from ..backends.subgraph import release_freed_memory
+                    release_freed_memory()
         elif kind == "info":
             self.ctl.send(("info", self.info()))
         elif kind == "exit":
@@ -226,10 +232,15 @@ class StageWorker:
         runner = self.runners.get(key)
         if runner is None:
             runner = self.runners[key] = self.backend.compile(self.model, first, last, threads)
-            while len(self.runners) > MAX_RUNNERS:
-                # NOTE: dropped, not closed: a role of this or a queued epoch may still hold it
-                self.runners.popitem(last=False)
         self.runners.move_to_end(key)
+        # NOTE: at most MAX_RUNNERS, and for a backend whose runners copy weights (onnxruntime), at
+        # most one model's worth of copies besides the newest: a long search leaves memory flat.
+        # Dropped, not closed: a role of this or a queued epoch may still hold it
+        budget = self.backend.memory_budget(self.model)
+        while len(self.runners) > MAX_RUNNERS or (
+                budget is not None and len(self.runners) > 1
+                and sum(r.private_bytes for r in self.runners.values()) > budget):
+            self.runners.popitem(last=False)
         return runner
 
     def _activate(self, role: _Role) -> None:
