@@ -277,6 +277,29 @@ def test_a_candidate_that_cannot_start_scores_zero_and_the_old_config_serves():
     assert tuner.told == [(config, 0.0, None)] and str(pipe.config) == "0-3@big:1" and live.evaluating is None
 
 
+def test_a_candidate_whose_stages_cannot_be_built_scores_zero_and_the_best_serves_again():
+    """The workers started the candidate but one cannot build its units (the pipeline fails those
+    frames, each with the reason, and records the config as unbuildable): no window waits for it."""
+    candidate, running = "0-1@big:1 | 2-3@little:1", "0-3@big:1"
+    pipe = FakePipeline(running)
+    pipe.unbuildable = {}
+
+    class Tuner(OneShot):
+        @property
+        def best(self):
+            return (parse_config(running), 10.0) if self.told else None
+    tuner = Tuner(candidate)
+    live = LiveTuning(tuner, pipe)
+    live.step()
+    assert str(pipe.config) == candidate and live.evaluating is not None
+    live.step()
+    assert tuner.told == []                           # still measuring
+    pipe.unbuildable[candidate] = "stage 1 (units 2-3, onnxruntime backend) cannot be built: ModelError: x"
+    live.step()
+    assert tuner.told == [(candidate, 0.0, None)] and live.evaluating is None
+    assert str(pipe.config) == running                # the best serves again
+
+
 def test_a_pin_that_cannot_start_is_tried_again_later_and_the_old_config_serves():
     pinned, now = "0-3@little:1", [0.0]
     pipe, tuner = FakePipeline("0-3@big:1"), OneShot(pinned)

@@ -399,6 +399,40 @@ def test_a_reconfiguration_that_cannot_start_leaves_the_old_config_running(monke
         assert all(np.array_equal(o.output, model.run(xs[o.frame_id])) for o in got)
 
 
+class BadCutModel(FakeModel):
+    """A fake model whose units 3-5 cannot be built as one stage (as onnxruntime may refuse a cut)."""
+
+    def plan(self, first=0, last=None):
+        last = len(self.units) - 1 if last is None else last
+        if (first, last) == (3, 5):
+            raise ModelError("cannot create the session: refused")
+        return super().plan(first, last)
+
+
+def open_bad_cut(path: str) -> BadCutModel:
+    return BadCutModel(path)
+
+
+def test_a_stage_that_cannot_be_built_fails_its_frames_with_the_reason_and_kills_nothing():
+    model = BadCutModel("fake:6:1.0")
+    xs = frames(model, 12, seed=4)
+    with Pipeline(model, "0-5@big:1", EMULATED, opener=open_bad_cut) as pipe:
+        assert all(o.ok for o in run_all(pipe, xs[:4]))
+        pids = pipe.worker_pids()
+        bad = "0-2@big:1 | 3-5@little:1"
+        pipe.reconfigure(bad)
+        got = run_all(pipe, xs[4:8], first_id=4)
+        assert [o.frame_id for o in got] == [4, 5, 6, 7]             # each answered once
+        assert not any(o.ok for o in got)
+        assert all(o.error.startswith("stage 1 (units 3-5, numpy backend) cannot be built: ModelError: ")
+                   and "refused" in o.error for o in got)
+        assert pipe.unbuildable == {bad: got[0].error}
+        assert pipe.stats()["restarts"] == 0 and set(pids) <= set(pipe.worker_pids())   # no worker died
+        pipe.reconfigure("0-5@big:1")                                # back to what worked
+        got = run_all(pipe, xs[8:], first_id=8)
+        assert all(o.ok for o in got) and all(np.array_equal(o.output, model.run(xs[o.frame_id])) for o in got)
+
+
 def test_a_restart_that_cannot_start_fails_the_waiting_frames(monkeypatch):
     pipe, model = fake_pipeline("0-2@big:1 | 3-5@big:1", sleep_ms=20.0)
     xs = frames(model, 3)

@@ -221,6 +221,12 @@ class LiveTuning:
                      else self._switch(w.config, force=True))
             log.info("measuring %s again: the pipeline restarted during its window", w.config)
             self._window = w = _Window(w.config, epoch, self.clock())
+        if w is not None and str(w.config) in getattr(self.pipeline, "unbuildable", {}):
+            # NOTE: a stage of the candidate cannot be built (the pipeline fails its frames, each
+            # with the reason): it scores 0 and the search goes on, the best config serving again
+            log.warning("cannot evaluate %s: %s", w.config, self.pipeline.unbuildable[str(w.config)])
+            self.tuner.tell(w.config, 0.0)
+            self._window = w = None
         if w is not None:
             if not self._window_done(w):
                 return

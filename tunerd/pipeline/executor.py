@@ -152,6 +152,9 @@ class Pipeline(EpochKeeping, PipelineReports):
         self.cost_table = CostTable()
         self._main_s = 0.0                         # this process's CPU time handling frames
         self._infos: dict[int, dict] = {}          # worker id -> its answer to "info"
+        # config text -> why a stage of it cannot be built (a worker said "unbuildable"); its frames
+        # fail with that reason, and whoever chose the config switches away (LiveTuning scores it 0)
+        self.unbuildable: dict[str, str] = {}
         self._closed = False
         try:
             self._current = self._start_epoch(config, clock())
@@ -385,6 +388,11 @@ class Pipeline(EpochKeeping, PipelineReports):
             pass
         elif kind == "info":
             self._infos[w.wid] = msg[1]
+        elif kind == "unbuildable":
+            ep = self._epochs.get(msg[1])
+            if ep is not None and str(ep.config) not in self.unbuildable:
+                self.unbuildable[str(ep.config)] = msg[2]
+                log.warning("config %s cannot run: %s", ep.config, msg[2])
         elif kind == "error":
             w.error = msg[1]
             log.warning("stage worker %d (pid %d): %s", w.wid, w.pid, msg[1])

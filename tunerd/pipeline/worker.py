@@ -108,6 +108,7 @@ class _Role:
         self.k = self.replica       # index in the epoch of the next frame to run
         self.active = False
         self.untimed_s: float | None = None   # compute of the last frame run without timing
+        self.failed: str | None = None        # why its units cannot be built (StageWorker._build)
 
     def finished(self) -> bool:
         return self.end is not None and self.start + self.k >= self.end
@@ -213,9 +214,26 @@ class StageWorker:
             self.rings[ring_id] = self._ring_cls.attach(ring_id, n_slots, slot_bytes, recv_handle(self.ctl))
         prev = [Connection(recv_handle(self.ctl)) for _ in range(spec["prev_links"])]
         nxt = [Connection(recv_handle(self.ctl)) for _ in range(spec["next_links"])]
-        self.roles[spec["epoch"]] = _Role(spec, prev if spec["stage"] > 0 else None,
-                                          nxt if spec["stage"] < spec["n_stages"] - 1 else None)
-        self._runner(spec["first"], spec["last"], spec["threads"])   # build ahead, between frames of the current role
+        role = self.roles[spec["epoch"]] = _Role(spec, prev if spec["stage"] > 0 else None,
+                                                 nxt if spec["stage"] < spec["n_stages"] - 1 else None)
+        self._build(role)      # ahead, between frames of the current role
+
+    def _build(self, role: _Role):
+        """The role's runner, or None once its units cannot be built on this backend.
+
+        NOTE: a range that cannot be built (onnxruntime refuses its cut, memory runs out) fails that
+        role's frames, each with the reason, and is reported once ("unbuildable"): the worker lives
+        on, so the epochs it also serves (the config running before a tuner's candidate) go on."""
+        if role.failed is not None:
+            return None
+        spec = role.spec
+        try:
+            return self._runner(spec["first"], spec["last"], spec["threads"])
+        except Exception as e:  # noqa: BLE001 - any backend's failure to build, with its reason
+            role.failed = (f"stage {role.stage} (units {spec['first']}-{spec['last']}, {self.backend.name} "
+                           f"backend) cannot be built: {type(e).__name__}: {e}")
+            self.ctl.send(("unbuildable", role.epoch, role.failed))
+            return None
 
     def info(self) -> dict:
         from threadpoolctl import threadpool_info
@@ -252,7 +270,7 @@ class StageWorker:
         if spec["threads"] != self.threads:
             self._limits(limits=spec["threads"])
             self.threads = spec["threads"]
-        role.runner = self._runner(spec["first"], spec["last"], spec["threads"])
+        role.runner = self._build(role)
         role.in_ring = self.rings[spec["in_ring"]]
         role.out_ring = self.rings[spec["out_ring"]]
         role.active = True
@@ -336,6 +354,8 @@ class StageWorker:
         if got is None:
             return
         err, timings = got
+        if err is None and role.failed is not None:
+            err = role.failed
         w1 = self.waited
         self._credit(role, seq)
         w2 = self.waited
