@@ -446,9 +446,9 @@ def test_cli_table(tunerd_main, fake_sysfs, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "source: auto"
     assert lines[1].split() == ["CLUSTER", "CORE", "CPUS", "CAPACITY", "MIN", "MHz", "CUR", "MHz",
-                                "MAX", "MHz", "SPEED", "EFF"]
-    assert lines[2].split() == ["little", "A53", "0-3", "462", "509", "1844", "1844", "1.00", "1.00"]
-    assert lines[3].split() == ["big", "A73", "4-7", "1024", "682", "2362", "2362", "1.00", "1.00"]
+                                "MAX", "MHz", "POLICIES", "SPEED", "EFF"]
+    assert lines[2].split() == ["little", "A53", "0-3", "462", "509", "1844", "1844", "1", "1.00", "1.00"]
+    assert lines[3].split() == ["big", "A73", "4-7", "1024", "682", "2362", "2362", "1", "1.00", "1.00"]
     assert lines[1].index("CPUS") == lines[2].index("0-3") == lines[3].index("4-7")   # aligned
     assert any(line.split()[:3] == ["thermal_zone0", "soc_thermal", "47.0"] for line in lines)
 
@@ -459,11 +459,14 @@ def test_cli_json(tunerd_main, fake_sysfs, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["source"] == "auto"
     assert [set(c) for c in data["clusters"]] == [{"name", "core_type", "cpus", "capacity", "min_khz",
-                                                  "cur_khz", "max_khz", "speed", "policy"}] * 2
+                                                  "cur_khz", "max_khz", "speed", "policy", "policies",
+                                                  "smt_siblings", "effective_speed"}] * 2
     assert data["clusters"][1] == {"name": "big", "core_type": "Denver2", "cpus": [1, 2],
                                    "capacity": None, "min_khz": 345600, "cur_khz": 2035200,
                                    "max_khz": 2035200, "speed": 1.0,
-                                   "policy": "devices/system/cpu/cpufreq/policy1"}
+                                   "policy": "devices/system/cpu/cpufreq/policy1",
+                                   "policies": ["devices/system/cpu/cpufreq/policy1"], "smt_siblings": [],
+                                   "effective_speed": 1.0}
     assert {"name", "type", "temp_c"} <= set(data["thermal"][0]) and data["thermal"][0]["temp_c"] == 41.5
 
 

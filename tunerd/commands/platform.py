@@ -17,29 +17,46 @@ def register(subparsers) -> None:
                         help="the directory that plays /sys (a fake tree: DIR/sys); default /sys")
     parser.add_argument("--proc-root", default=None, metavar="DIR",
                         help="the directory that plays /proc; default: 'proc' next to the sysfs root")
-    parser.add_argument("--json", action="store_true", help="print Platform.to_dict() as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the platform as JSON (Platform.to_dict() and each cluster's effective_speed now)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     platform = resolve_platform(args.platform, sysfs_root=args.sysfs_root, proc_root=args.proc_root)
     if args.json:
-        print(json.dumps(platform.to_dict(), indent=2))
+        print(json.dumps(platform_json(platform, args.sysfs_root), indent=2))
     else:
         print(render(platform, args.sysfs_root))
     return 0
 
 
+def _effective(platform: Platform, cluster, sysfs_root) -> float:
+    return cluster.speed if platform.source == "board" else effective_speed(cluster, sysfs_root)
+
+
+def platform_json(platform: Platform, sysfs_root: str = "/sys") -> dict:
+    """Platform.to_dict() with each cluster's ``effective_speed`` now (what the table shows as EFF)."""
+    data = platform.to_dict()
+    for entry, cluster in zip(data["clusters"], platform.clusters):
+        entry["effective_speed"] = round(_effective(platform, cluster, sysfs_root), 4)
+    return data
+
+
 def render(platform: Platform, sysfs_root: str = "/sys") -> str:
-    """The platform as aligned tables; EFF is the effective speed now (emulated DVFS shows there)."""
+    """The platform as aligned tables; EFF is the effective speed now (emulated DVFS shows there),
+    the slowest of a cluster's policies; THREADS (with SMT) every hardware thread of its cores."""
     spec = f"  ({platform.spec})" if platform.spec not in ("", "auto") else ""
     lines = [f"source: {platform.source}{spec}"]
+    smt = any(c.smt_siblings for c in platform.clusters)
     rows = []
     for c in platform.clusters:
-        eff = c.speed if platform.source == "board" else effective_speed(c, sysfs_root)
+        eff = _effective(platform, c, sysfs_root)
         rows.append([c.name, c.core_type, format_cpu_list(c.cpus), _opt(c.capacity), _mhz(c.min_khz),
-                     _mhz(c.cur_khz), _mhz(c.max_khz), f"{c.speed:.2f}", f"{eff:.2f}"])
-    headers = ["CLUSTER", "CORE", "CPUS", "CAPACITY", "MIN MHz", "CUR MHz", "MAX MHz", "SPEED", "EFF"]
+                     _mhz(c.cur_khz), _mhz(c.max_khz), str(len(c.followed_policies)), f"{c.speed:.2f}",
+                     f"{eff:.2f}"] + ([format_cpu_list(c.threads)] if smt else []))
+    headers = ["CLUSTER", "CORE", "CPUS", "CAPACITY", "MIN MHz", "CUR MHz", "MAX MHz", "POLICIES", "SPEED",
+               "EFF"] + (["THREADS"] if smt else [])
     lines += table(headers, rows)
     if platform.thermal:
         lines.append("")

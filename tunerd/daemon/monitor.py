@@ -1,7 +1,9 @@
 """The monitor: notices when the board's speed changes, so the tuner can retune.
 
 It samples, per cluster, the cpufreq cap (``scaling_max_freq``) and current frequency
-(``scaling_cur_freq``), the thermal zones' temperatures against their trip points, and the served
+(``scaling_cur_freq``) of every policy the cluster follows (a cluster merged from several policies,
+RK3588's A76 pairs or x86's per-core policies, changes when any of them does), the thermal zones'
+temperatures against their trip points, and the served
 throughput against the converged figure. Changes become **events** only once they have lasted
 ``debounce_s`` (a governor flickering between two frequencies, or one slow frame, is not a reason to
 retune). Pure logic over an injectable clock and reader; missing files mean "nothing to watch".
@@ -66,11 +68,10 @@ class Monitor:
         self._low_since: float | None = None
 
     # ------------------------------------------------------------------ reads
-    def _read_freq(self, cluster: Cluster) -> tuple[int | None, int | None]:
-        if not cluster.follow_cpufreq:
-            return None, None
-        return (read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_cur_freq")),
-                read_positive_int(cluster.policy_path(self.sysfs_root, "scaling_max_freq")))
+    def _read_freq(self, cluster: Cluster) -> tuple[tuple, tuple]:
+        """(current, cap) kHz of each followed policy, None where unreadable; () without cpufreq."""
+        return (tuple(read_positive_int(p) for p in cluster.policy_paths(self.sysfs_root, "scaling_cur_freq")),
+                tuple(read_positive_int(p) for p in cluster.policy_paths(self.sysfs_root, "scaling_max_freq")))
 
     def _zones(self):
         return read_thermal_zones(self._fs) if self._fs.exists(THERMAL_DIR) else ()
@@ -83,16 +84,19 @@ class Monitor:
         return sum(1 for t in zone.trips if temp_mc >= t.temp_mc)
 
     def frequencies(self) -> dict[str, dict]:
-        """Per cluster the sustained (debounced) current and cap frequency in kHz."""
-        return {name: {"cur_khz": cur, "max_khz": cap} for name, (cur, cap) in self._freq.items()}
+        """Per cluster the sustained (debounced) current and cap frequency in kHz (of several
+        policies, the lowest)."""
+        return {name: {"cur_khz": _lowest(cur), "max_khz": _lowest(cap)} for name, (cur, cap) in self._freq.items()}
 
     def speed_factors(self) -> dict[str, float]:
         """Per cluster the effective speed now (1.0 = full nominal speed), for retune scaling."""
         return {c.name: effective_speed(c, self.sysfs_root) for c in self.platform.clusters}
 
     def freq_state(self) -> str:
-        """A stable key of the frequency caps, for persistence ("big=2000000,little=1000000")."""
-        return ",".join(f"{n}={cap or 0}" for n, (_, cap) in sorted(self._freq.items()))
+        """A stable key of the frequency caps, for persistence ("big=2000000,little=1000000"; a
+        cluster of several policies has one cap per policy: "big=2400000/1200000")."""
+        return ",".join(f"{n}={'/'.join(str(c or 0) for c in caps) or 0}"
+                        for n, (_, caps) in sorted(self._freq.items()))
 
     # ------------------------------------------------------------------ throughput drift
     def set_converged(self, fps: float | None) -> None:
@@ -121,7 +125,7 @@ class Monitor:
         rel = self.config.cur_change
 
         def cur_changed(a, b):
-            return a is not None and b is not None and abs(a - b) > rel * b
+            return any(x is not None and y is not None and abs(x - y) > rel * y for x, y in zip(a, b))
 
         def cap_changed(a, b):
             return a != b
@@ -130,12 +134,12 @@ class Monitor:
             cur, cap = self._read_freq(c)
             old_cur, old_cap = self._freq[c.name]
             if self._debounced((c.name, "cap"), cap, old_cap, now, cap_changed):
-                events.append(Event(CPUFREQ, c.name, f"frequency cap {old_cap} -> {cap} kHz", now))
+                events.append(Event(CPUFREQ, c.name, f"frequency cap {_khz(old_cap)} -> {_khz(cap)} kHz", now))
                 self._freq[c.name] = (cur, cap)
                 self._pending.pop((c.name, "cur"), None)
                 continue
             if self._debounced((c.name, "cur"), cur, old_cur, now, cur_changed):
-                events.append(Event(CPUFREQ, c.name, f"sustained frequency {old_cur} -> {cur} kHz", now))
+                events.append(Event(CPUFREQ, c.name, f"sustained frequency {_khz(old_cur)} -> {_khz(cur)} kHz", now))
                 self._freq[c.name] = (cur, cap)
         for zone in self._zones():
             old = self._zone_level.get(zone.name, 0)
@@ -165,3 +169,13 @@ class Monitor:
             else:
                 self._low_since = None
         return events
+
+
+def _lowest(values: tuple) -> int | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+def _khz(values: tuple) -> str:
+    """One policy's value as before ("2000000", "None"); several as "2400000/1200000"."""
+    return "/".join(str(v) for v in values) if values else "None"

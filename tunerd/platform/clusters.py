@@ -1,13 +1,16 @@
 """The platform's data: clusters of cores, thermal zones, and the Platform they make up.
 
 A Platform comes from one of three sources (DESIGN.md, "platform"): sysfs discovery
-(tunerd.platform.discovery), or an emulate:/board: spec (tunerd.platform.spec). Whatever the source,
-clusters are named by cluster_names, slowest first, and ``big`` is always the fastest, so ``@big`` is
-valid on every machine: one cluster is ``big``; two are ``little``, ``big``; three ``little``,
-``mid``, ``big``; more ``little``, ``mid0``..., ``big``.
+(tunerd.platform.discovery), or an emulate:/board: spec (tunerd.platform.spec). Clusters are ordered
+slowest first. Discovery names Qualcomm's and Intel hybrid's clusters by their kind (``silver``,
+``gold``, ``prime``; ``e-core``, ``p-core``); any other machine's by cluster_names, where ``big`` is
+the fastest: one cluster is ``big``; two are ``little``, ``big``; three ``little``, ``mid``, ``big``;
+more ``little``, ``mid0``..., ``big``.
 
-effective_speed is here, beside Cluster, because it reads only the cluster's own cpufreq policy:
-the monitor and every stage worker call it, whatever spec made the platform.
+effective_speed is here, beside Cluster, because it reads only the cluster's own cpufreq policies:
+the monitor and every stage worker call it, whatever spec made the platform. A cluster may follow
+several policies (RK3588's four A76 are two policies of two; x86 has one per core): its effective
+speed is the slowest of theirs.
 """
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ class Cluster:
     ``capacity`` is the kernel's cpu_capacity (1024 = the fastest CPU of the system); ``max_khz`` and
     ``min_khz`` the hardware limits (cpuinfo_max_freq/cpuinfo_min_freq), ``cur_khz`` the frequency
     when read. ``speed`` is the nominal speed factor of an emulated cluster, 1.0 for real ones.
-    ``policy`` is its cpufreq policy directory relative to the sysfs root, as discovery found it.
-    ``follow_cpufreq`` is False for an emulated cluster over the host's own ``/sys``: the host's
-    DVFS already acts on the real cores, so following its files would count it twice.
+    ``policy`` is its (first) cpufreq policy directory relative to the sysfs root, as discovery
+    found it, and ``policies`` every policy its CPUs belong to (empty: just ``policy``); the cluster
+    follows all of them. ``follow_cpufreq`` is False for an emulated cluster over the host's own
+    ``/sys``: the host's DVFS already acts on the real cores, so following its files would count it
+    twice. ``cpus`` holds one CPU per physical core (its first hardware thread); ``smt_siblings``,
+    where a core has several threads, lists each core's threads (``((0, 1), (2, 3))``), empty
+    without SMT: a stage of N cores takes N physical cores (DESIGN.md, "core").
     """
     name: str
     core_type: str
@@ -39,6 +46,8 @@ class Cluster:
     speed: float = 1.0
     policy: str | None = None
     follow_cpufreq: bool = True
+    policies: tuple[str, ...] = ()
+    smt_siblings: tuple[tuple[int, ...], ...] = ()
 
     @property
     def cores(self) -> int:
@@ -57,10 +66,28 @@ class Cluster:
         rel = self.policy or f"{CPUFREQ_DIR}/policy{self.cpus[0]}"
         return os.path.join(sysfs_root, rel, name)
 
+    @property
+    def followed_policies(self) -> tuple[str, ...]:
+        """Every cpufreq policy directory (sysfs-relative) this cluster follows; () when none."""
+        if not self.follow_cpufreq:
+            return ()
+        return self.policies or (self.policy or f"{CPUFREQ_DIR}/policy{self.cpus[0]}",)
+
+    def policy_paths(self, sysfs_root: str | os.PathLike, name: str) -> list[str]:
+        """Path of the file ``name`` in each followed policy (see ``policy_path``)."""
+        return [os.path.join(sysfs_root, rel, name) for rel in self.followed_policies]
+
+    @property
+    def threads(self) -> tuple[int, ...]:
+        """Every hardware thread of the cluster's cores (``cpus`` when there is no SMT)."""
+        return tuple(sorted(t for core in self.smt_siblings for t in core)) or self.cpus
+
     def to_dict(self) -> dict:
         return {"name": self.name, "core_type": self.core_type, "cpus": list(self.cpus),
                 "capacity": self.capacity, "min_khz": self.min_khz, "cur_khz": self.cur_khz,
-                "max_khz": self.max_khz, "speed": self.speed, "policy": self.policy}
+                "max_khz": self.max_khz, "speed": self.speed, "policy": self.policy,
+                "policies": list(self.followed_policies),
+                "smt_siblings": [list(core) for core in self.smt_siblings]}
 
 
 @dataclass(frozen=True)
@@ -129,21 +156,25 @@ def cluster_names(count: int) -> list[str]:
 
 
 def effective_speed(cluster: Cluster, sysfs_root: str | os.PathLike = "/sys") -> float:
-    """SPEED × min(scaling_cur_freq, scaling_max_freq) / cpuinfo_max_freq of the cluster's policy.
+    """SPEED × min(scaling_cur_freq, scaling_max_freq) / cpuinfo_max_freq, the slowest of the
+    cluster's policies (a stage spread over two policies runs at the pace of the slower).
 
-    Read from the cluster's policy under ``sysfs_root`` (``Cluster.policy_path``); the hardware
-    maximum is ``cluster.max_khz`` when known, so a call is two small reads. Without those files (or
-    with junk in them) it is the nominal ``cluster.speed``: this runs once per frame and never
-    raises. Workers stretch compute by 1/effective_speed on emulated platforms only; a real core
-    slows down by itself.
+    Read from the cluster's policies under ``sysfs_root`` (``Cluster.followed_policies``); with one
+    policy the hardware maximum is ``cluster.max_khz`` when known, so a call is two small reads.
+    Without those files (or with junk in them) a policy counts at the nominal ``cluster.speed``:
+    this runs once per frame and never raises. Workers stretch compute by 1/effective_speed on
+    emulated platforms only; a real core slows down by itself.
     """
-    if not cluster.follow_cpufreq:
-        return cluster.speed
-    hw_max = cluster.max_khz or read_positive_int(cluster.policy_path(sysfs_root, "cpuinfo_max_freq"))
-    if not hw_max:
-        return cluster.speed
-    known = [f for f in (read_positive_int(cluster.policy_path(sysfs_root, "scaling_cur_freq")),
-                         read_positive_int(cluster.policy_path(sysfs_root, "scaling_max_freq"))) if f]
-    if not known:
-        return cluster.speed
-    return cluster.speed * min(1.0, min(known) / hw_max)
+    policies = cluster.followed_policies
+    ratios = []
+    for rel in policies:
+        base = os.path.join(sysfs_root, rel)
+        hw_max = ((cluster.max_khz if len(policies) == 1 else None)
+                  or read_positive_int(os.path.join(base, "cpuinfo_max_freq")))
+        if not hw_max:
+            continue
+        known = [f for f in (read_positive_int(os.path.join(base, "scaling_cur_freq")),
+                             read_positive_int(os.path.join(base, "scaling_max_freq"))) if f]
+        if known:
+            ratios.append(min(1.0, min(known) / hw_max))
+    return cluster.speed * min(ratios) if ratios else cluster.speed

@@ -2,8 +2,11 @@
 
 The ``auto`` platform spec (tunerd.platform.spec) resolves to discover(). Clusters come from cpufreq
 policies, CPUs without one are grouped by core type and capacity, indistinguishable clusters are
-merged, and the result is named by speed (tunerd.platform.clusters.cluster_names). The emulated
-platform reuses check_sysfs_root and read_thermal_zones.
+merged (the merged cluster follows all their policies), hardware threads of one core become one core
+(``Cluster.smt_siblings``), and the result is named (``name_clusters``): Qualcomm's ``silver``,
+``gold``, ``prime``, Intel's ``e-core``, ``p-core``, else by speed
+(tunerd.platform.clusters.cluster_names). The emulated platform reuses check_sysfs_root and
+read_thermal_zones.
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ def discover(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLik
                 raise PlatformError(f"none of the online CPUs is in this process's CPU set "
                                     f"({format_cpu_list(sorted(available_cpus)) or 'empty'})")
     core_types = read_core_types(fs, online)
+    for cpu, kind in hybrid_kinds(fs).items():
+        if cpu in core_types:
+            core_types[cpu] = f"{core_types[cpu]} {kind}"
     # Documentation/ABI/testing/sysfs-devices-system-cpu, cpuX/cpu_capacity: "capacity of cpuX",
     # normalised so the most capable CPU is 1024; only arm, arm64 and riscv DT systems have it.
     capacities = {cpu: fs.read_int(f"{CPU_DIR}/cpu{cpu}/cpu_capacity") for cpu in online}
@@ -60,7 +66,8 @@ def discover(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLik
         domains += _domains_by_kind(rest, core_types, capacities)
     clusters = [_measure(fs, d, core_types, capacities) for d in domains]
     clusters = _merge_indistinguishable(clusters)
-    return Platform(_name_by_speed(clusters), "auto", read_thermal_zones(fs), spec="auto")
+    clusters = [_physical_cores(c, siblings_of(fs, online)) for c in clusters]
+    return Platform(name_clusters(clusters), "auto", read_thermal_zones(fs), spec="auto")
 
 
 def check_sysfs_root(fs: SysfsReader) -> None:
@@ -122,6 +129,53 @@ def _core_type(fs: SysfsReader, cpu: int, fields: dict[str, str]) -> str:
         if fields.get(key):
             return " ".join(fields[key].split())
     return "unknown"
+
+
+# Intel hybrid parts register one PMU per core kind: /sys/devices/cpu_core/cpus lists the P-cores'
+# CPUs, /sys/devices/cpu_atom/cpus the E-cores' (Documentation/ABI/testing/sysfs-bus-event_source-
+# devices, arch/x86/events/intel/core.c). cpuinfo names both kinds with one "model name".
+HYBRID_PMUS = (("devices/cpu_core/cpus", "P-core"), ("devices/cpu_atom/cpus", "E-core"))
+
+
+def hybrid_kinds(fs: SysfsReader) -> dict[int, str]:
+    """CPU -> ``P-core`` / ``E-core`` on an Intel hybrid part; empty elsewhere."""
+    kinds: dict[int, str] = {}
+    for rel, kind in HYBRID_PMUS:
+        for cpu in fs.read_cpus(rel) or []:
+            kinds[cpu] = kind
+    return kinds
+
+
+def siblings_of(fs: SysfsReader, online: list[int]) -> dict[int, tuple[int, ...]]:
+    """CPU -> the online hardware threads of its core, itself included, from
+    ``cpuN/topology/thread_siblings_list`` (sysfs-devices-system-cpu; ``core_cpus_list`` on kernels
+    since 5.6, which keep the old name too). A CPU without the file is a core of its own."""
+    online_set = set(online)
+    out: dict[int, tuple[int, ...]] = {}
+    for cpu in online:
+        threads = fs.read_cpus(f"{CPU_DIR}/cpu{cpu}/topology/thread_siblings_list")
+        if threads is None:
+            threads = fs.read_cpus(f"{CPU_DIR}/cpu{cpu}/topology/core_cpus_list")
+        core = tuple(t for t in (threads or [cpu]) if t in online_set)
+        if cpu not in core:
+            raise PlatformError(f"{fs.path(f'{CPU_DIR}/cpu{cpu}/topology/thread_siblings_list')}: "
+                                f"cpu{cpu} is not among its own siblings ({format_cpu_list(threads or [])})")
+        out[cpu] = core
+    return out
+
+
+def _physical_cores(cluster: Cluster, siblings: dict[int, tuple[int, ...]]) -> Cluster:
+    """The cluster as physical cores: ``cpus`` one thread (the first) per core, the threads in
+    ``smt_siblings`` when a core has several online. A stage of N cores then takes N cores, not
+    two threads of one (DESIGN.md, "core")."""
+    cores = sorted({siblings.get(cpu, (cpu,)) for cpu in cluster.cpus})
+    if all(len(core) == 1 for core in cores):
+        return cluster
+    outside = [t for core in cores for t in core if t not in cluster.cpus]
+    if outside:
+        raise PlatformError(f"CPU {format_cpu_list(outside)} shares a core with cluster CPUs "
+                            f"{format_cpu_list(cluster.cpus)} but is not in that cluster's cpufreq policy")
+    return replace(cluster, cpus=tuple(core[0] for core in cores), smt_siblings=tuple(cores))
 
 
 def cpufreq_domains(fs: SysfsReader, online: list[int]) -> list[_Domain]:
@@ -187,20 +241,46 @@ def _measure(fs: SysfsReader, domain: _Domain, core_types: dict[int, str],
                    max_khz=max_khz, min_khz=min_khz, cur_khz=cur_khz, policy=domain.policy)
 
 
+# Policies of one core type whose maximum frequencies differ by at most this share are one cluster:
+# Intel's "favoured" cores (Turbo Boost Max 3.0) run 100-200 MHz above their siblings (2-4%),
+# while a Snapdragon's prime core runs 15-20% above its gold ones and is a cluster of its own.
+MERGE_KHZ_SHARE = 0.05
+
+
 def _merge_indistinguishable(clusters: list[Cluster]) -> list[Cluster]:
-    """Merge clusters with the same core type, capacity and frequency range.
+    """Merge clusters of the same core type and capacity at (nearly, MERGE_KHZ_SHARE) the same
+    maximum frequency; the merged cluster follows every policy of its parts (its effective speed
+    is the slowest of theirs, effective_speed) and reports the lowest maximum.
 
     x86 (acpi-cpufreq, intel_pstate) and arm64 servers (CPPC) have one policy per core; without
-    this, every core of a homogeneous machine would be a cluster of its own.
+    this, every core of a homogeneous machine would be a cluster of its own. RK3588's four A76 are
+    two policies of two cores: one cluster of four that follows both.
     """
-    merged: dict[tuple, Cluster] = {}
+    merged: list[Cluster] = []
     for c in clusters:
-        key = (c.core_type, c.capacity, c.max_khz, c.min_khz)
-        if key in merged:
-            merged[key] = replace(merged[key], cpus=tuple(sorted(merged[key].cpus + c.cpus)))
+        for i, m in enumerate(merged):
+            if (m.core_type, m.capacity) == (c.core_type, c.capacity) and _same_khz(m.max_khz, c.max_khz):
+                cpus = tuple(sorted(m.cpus + c.cpus))
+                policies = tuple(p for p in (*m.followed_policies, *c.followed_policies) if p)
+                merged[i] = replace(m, cpus=cpus, policies=tuple(dict.fromkeys(policies)),
+                                    max_khz=_lowest(m.max_khz, c.max_khz),
+                                    min_khz=_lowest(m.min_khz, c.min_khz),
+                                    cur_khz=_lowest(m.cur_khz, c.cur_khz))
+                break
         else:
-            merged[key] = c
-    return list(merged.values())
+            merged.append(c if c.policy is None else replace(c, policies=(c.policy,)))
+    return [c if len(c.policies) > 1 else replace(c, policies=()) for c in merged]
+
+
+def _same_khz(a: int | None, b: int | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= MERGE_KHZ_SHARE * max(a, b)
+
+
+def _lowest(a: int | None, b: int | None) -> int | None:
+    known = [v for v in (a, b) if v is not None]
+    return min(known) if known else None
 
 
 # Tie-break only, when capacity and frequency cannot order two clusters (Jetson TX2: A57 and
@@ -211,13 +291,49 @@ _CORE_RANK = {name: rank for rank, name in enumerate([
     "Carmel", "A76", "Kryo4xx-Gold", "A77", "A78", "A710", "A715", "A720", "X1", "X2", "X3", "X4"], 1)}
 
 
-def _name_by_speed(clusters: list[Cluster]) -> tuple[Cluster, ...]:
+def _order_by_speed(clusters: list[Cluster]) -> list[Cluster]:
     use_capacity = all(c.capacity is not None for c in clusters)
     use_khz = all(c.max_khz is not None for c in clusters)
-    ordered = sorted(clusters, key=lambda c: (c.capacity if use_capacity else 0,
-                                              c.max_khz if use_khz else 0,
-                                              _CORE_RANK.get(c.core_type, 0), c.cpus[0]))
-    return tuple(replace(c, name=name) for c, name in zip(ordered, cluster_names(len(ordered))))
+    return sorted(clusters, key=lambda c: (c.capacity if use_capacity else 0,
+                                           c.max_khz if use_khz else 0,
+                                           _CORE_RANK.get(c.core_type, 0), c.cpus[0]))
+
+
+# Names a person recognises, by the kind a core type ends in: Qualcomm calls its Kryo cores silver
+# and gold, the fastest gold cluster of a tri-cluster part the prime; Intel calls its kinds P- and
+# E-cores.
+_KIND_NAMES = (("-Silver", ["silver"]), ("-Gold", ["gold", "prime"]), (" E-core", ["e-core"]),
+               (" P-core", ["p-core"]))
+
+
+def name_clusters(clusters: list[Cluster]) -> tuple[Cluster, ...]:
+    """Clusters ordered slowest first and named: by kind where every cluster's core type is a
+    known kind (``_KIND_NAMES``) and the names come out distinct, else by speed (cluster_names)."""
+    ordered = _order_by_speed(clusters)
+    names = _kind_names(ordered)
+    if names is None:
+        names = cluster_names(len(ordered))
+    return tuple(replace(c, name=name) for c, name in zip(ordered, names))
+
+
+def _kind_names(ordered: list[Cluster]) -> list[str] | None:
+    kinds = []
+    for c in ordered:
+        kind = next((k for k, (suffix, _) in enumerate(_KIND_NAMES) if c.core_type.endswith(suffix)), None)
+        if kind is None:
+            return None
+        kinds.append(kind)
+    names, seen = [], {}
+    for kind in kinds:
+        choices = _KIND_NAMES[kind][1]
+        count = kinds.count(kind)
+        if count > len(choices):
+            return None
+        # one gold cluster is "gold"; two are "gold" (slower) and "prime"
+        index = seen.get(kind, 0)
+        names.append(choices[index])
+        seen[kind] = index + 1
+    return names if len(set(names)) == len(names) and len(ordered) > 1 else None
 
 
 def read_thermal_zones(fs: SysfsReader) -> tuple[ThermalZone, ...]:

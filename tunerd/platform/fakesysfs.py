@@ -46,6 +46,16 @@ class FakeBoard:
     model_name: str = ""             # arm32 / x86 "model name"
     hardware: str = ""               # arm32 trailer "Hardware"
     zones: tuple[FakeZone, ...] = ()
+    # SMT: the cores with several hardware threads, e.g. ((0, 1), (2, 3)); a CPU in none is a core
+    # of its own. With topology, every CPU gets topology/thread_siblings_list and core_cpus_list.
+    smt: tuple[tuple[int, ...], ...] = ()
+    topology: bool = False
+    pmus: tuple[tuple[str, tuple[int, ...]], ...] = ()   # x86 hybrid: ("cpu_core", CPUs), ("cpu_atom", CPUs)
+    driver: str = ""                 # scaling_driver of every policy (intel_pstate, acpi-cpufreq)
+    vendor: str = "GenuineIntel"     # x86 vendor_id
+
+    def siblings(self, cpu: int) -> tuple[int, ...]:
+        return next((core for core in self.smt if cpu in core), (cpu,))
 
     @property
     def cpus(self) -> list[int]:
@@ -82,6 +92,47 @@ BOARDS: dict[str, FakeBoard] = {b.name: b for b in (
     # A cloud VM: no cpufreq, no cpu_capacity, no thermal zones; cpuinfo names the model.
     FakeBoard("x86-vm", "x86", (FakePolicy((0, 1), 0, implementer=0),), cpufreq=False,
               model_name="Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"),
+    # A Snapdragon 855-class phone (SM8150, Kryo 485): 4 silver (0x805, 1.79 GHz), 3 gold and 1 prime
+    # (both 0x804, the A76-derived core: 2.42 and 2.84 GHz) in three policies. cpu_capacity as the
+    # kernel derives it from the DT's capacity-dmips-mhz (silver 488, gold 1024) x each policy's
+    # maximum, normalised to the prime.
+    FakeBoard("sd855", "arm64", (
+        FakePolicy((0, 1, 2, 3), 0x805, implementer=0x51, variant=0x7, revision=0xE,
+                   max_khz=1785600, min_khz=300000, capacity=307),
+        FakePolicy((4, 5, 6), 0x804, implementer=0x51, variant=0xD, revision=0xE,
+                   max_khz=2419200, min_khz=710400, capacity=871),
+        FakePolicy((7,), 0x804, implementer=0x51, variant=0xD, revision=0xE,
+                   max_khz=2841600, min_khz=825600, capacity=1024)),
+        topology=True,
+        zones=(FakeZone("cpu-0-0-usr", 38000, ((95000, "passive"), (115000, "critical"))),
+               FakeZone("cpu-1-0-usr", 40000, ((95000, "passive"), (115000, "critical"))))),
+    # RK3588: 4 A55 (1.8 GHz) in one policy, 4 A76 (2.4 GHz) in two policies of two; capacity from
+    # the DT (A55 530, A76 1024).
+    FakeBoard("rk3588", "arm64", (
+        FakePolicy((0, 1, 2, 3), 0xD05, variant=2, max_khz=1800000, min_khz=408000, capacity=530),
+        FakePolicy((4, 5), 0xD0B, variant=4, max_khz=2400000, min_khz=408000, capacity=1024),
+        FakePolicy((6, 7), 0xD0B, variant=4, max_khz=2400000, min_khz=408000, capacity=1024)),
+        topology=True,
+        zones=(FakeZone("soc-thermal", 43000, ((75000, "passive"), (85000, "passive"), (115000, "critical"))),
+               FakeZone("bigcore0-thermal", 44000), FakeZone("bigcore2-thermal", 44000),
+               FakeZone("littlecore-thermal", 42000))),
+    # An Intel hybrid laptop part (Alder Lake-P class, 4 P-cores with two threads each + 8 E-cores):
+    # intel_pstate, one policy per CPU, no cpu_capacity, one "model name" for both kinds; the kinds
+    # are the cpu_core / cpu_atom PMUs. One P-core (cpus 2-3) is a "favoured" core 100 MHz above
+    # the others, as parts with Turbo Boost Max 3.0 report it.
+    FakeBoard("intel-hybrid", "x86", tuple(
+        FakePolicy((cpu,), 0, implementer=0, max_khz=4700000 if cpu in (2, 3) else 4600000, min_khz=400000)
+        for cpu in range(8)) + tuple(
+        FakePolicy((cpu,), 0, implementer=0, max_khz=3400000, min_khz=400000) for cpu in range(8, 16)),
+        model_name="12th Gen Intel(R) Core(TM) i7-1260P", topology=True, driver="intel_pstate",
+        smt=((0, 1), (2, 3), (4, 5), (6, 7)), pmus=(("cpu_core", tuple(range(8))), ("cpu_atom", tuple(range(8, 16)))),
+        zones=(FakeZone("x86_pkg_temp", 52000, ((0, "passive"),)), FakeZone("acpitz", 45000, ((103000, "critical"),)))),
+    # An SMT desktop without hybrid (Ryzen 7 5800X class): 8 cores, 16 threads, the second threads
+    # numbered after the first (siblings 0,8 1,9 ...), acpi-cpufreq with one policy per CPU.
+    FakeBoard("smt-desktop", "x86", tuple(
+        FakePolicy((cpu,), 0, implementer=0, max_khz=3800000, min_khz=2200000) for cpu in range(16)),
+        model_name="AMD Ryzen 7 5800X 8-Core Processor", topology=True, driver="acpi-cpufreq",
+        vendor="AuthenticAMD", smt=tuple((core, core + 8) for core in range(8))),
 )}
 
 
@@ -109,13 +160,20 @@ def make_tree(board: str | FakeBoard, root: str | os.PathLike, *, online=None) -
         for cpu in policy.cpus:
             if cpu != 0:  # cpu0 has no online file on most arm boards: it cannot be unplugged
                 write(cpu_dir / f"cpu{cpu}" / "online", "1" if cpu in online else "0")
+            if board.topology and cpu in online:
+                # NOTE: an offline CPU has no topology directory; the lists hold online threads only
+                threads = [t for t in board.siblings(cpu) if t in online]
+                for name in ("thread_siblings_list", "core_cpus_list"):
+                    write(cpu_dir / f"cpu{cpu}" / "topology" / name, format_cpu_list(threads))
             if policy.capacity is not None:
                 write(cpu_dir / f"cpu{cpu}" / "cpu_capacity", str(policy.capacity))
             if board.arch == "arm64":
                 write(cpu_dir / f"cpu{cpu}" / "regs" / "identification" / "midr_el1", f"0x{_midr(policy):016x}")
         if board.cpufreq:
             _write_policy(sys_root, policy.cpus, [c for c in policy.cpus if c in online],
-                          policy.max_khz, policy.min_khz)
+                          policy.max_khz, policy.min_khz, board.driver)
+    for pmu, cpus in board.pmus:
+        write(sys_root / "devices" / pmu / "cpus", format_cpu_list(cpus))
     write(Path(root) / "proc" / "cpuinfo", _cpuinfo(board, online))
     for i, zone in enumerate(board.zones):
         zdir = sys_root / THERMAL_DIR / f"thermal_zone{i}"
@@ -160,7 +218,7 @@ def set_emulated_freq(sysfs_root: str | os.PathLike, cluster_first_cpu: int, khz
         write(policy / name, str(int(khz)))
 
 
-def _write_policy(sys_root: Path, cpus, online_cpus, max_khz, min_khz) -> None:
+def _write_policy(sys_root: Path, cpus, online_cpus, max_khz, min_khz, driver: str = "") -> None:
     policy = sys_root / CPUFREQ_DIR / f"policy{cpus[0]}"
     write(policy / "related_cpus", " ".join(map(str, cpus)))
     write(policy / "affected_cpus", " ".join(map(str, online_cpus)))
@@ -170,7 +228,9 @@ def _write_policy(sys_root: Path, cpus, online_cpus, max_khz, min_khz) -> None:
     if min_khz is not None:
         for name in ("cpuinfo_min_freq", "scaling_min_freq"):
             write(policy / name, str(min_khz))
-    write(policy / "scaling_governor", "schedutil")
+    write(policy / "scaling_governor", "powersave" if driver == "intel_pstate" else "schedutil")
+    if driver:
+        write(policy / "scaling_driver", driver)
 
 
 def _midr(policy: FakePolicy) -> int:
@@ -185,7 +245,7 @@ def _cpuinfo(board: FakeBoard, online) -> str:
     for cpu in online:
         p = by_cpu[cpu]
         if board.arch == "x86":
-            blocks.append(f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 106\n"
+            blocks.append(f"processor\t: {cpu}\nvendor_id\t: {board.vendor}\ncpu family\t: 6\nmodel\t\t: 106\n"
                           f"model name\t: {board.model_name}\nstepping\t: 6\ncpu MHz\t\t: 2899.968\n"
                           f"flags\t\t: fpu vme de pse tsc msr pae mce avx2 avx512f\npower management:\n")
             continue
