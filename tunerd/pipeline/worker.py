@@ -44,38 +44,14 @@ import time
 from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+from .affinity import THREAD_ENV_VARS, pin_all_threads, thread_affinities  # noqa: F401 (tools import them here)
+
 MAX_RUNNERS = 4
 clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable between processes
 cpu_clock = time.thread_time
 # NOTE: hand-off and profiling are measured in this thread's CPU time: they are what this worker
 # spends, and a wall clock would also count the time other processes hold the core (on a busy
 # machine a woken worker often gets a short slice and then waits a whole one for the core again).
-
-
-def pin_all_threads(cpus) -> int:
-    """Pin every thread of this process to ``cpus``; returns how many threads were pinned."""
-    cpus = set(cpus)
-    pinned = 0
-    for name in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(name), cpus)
-            pinned += 1
-        except ProcessLookupError:
-            pass  # the thread exited meanwhile
-    os.sched_setaffinity(0, cpus)
-    return pinned
-
-
-def thread_affinities() -> dict[int, list[int]]:
-    out = {}
-    for name in os.listdir("/proc/self/task"):
-        try:
-            out[int(name)] = sorted(os.sched_getaffinity(int(name)))
-        except ProcessLookupError:
-            pass
-    return out
 
 
 def _readable(fd: int) -> bool:
