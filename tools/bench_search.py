@@ -135,7 +135,7 @@ class HillClimb(_Measured):
 
     def retune(self, factors) -> None:
         super().retune(factors)
-        self.speeds.update(factors)
+        self.speeds.update(scaled(self.clusters, factors))
         self._start()
 
 
@@ -159,8 +159,14 @@ class DseOnly:
         pass
 
     def retune(self, factors) -> None:
-        self.speeds.update(factors)
+        self.speeds.update(scaled(self.clusters, factors))
         self._start()
+
+
+def scaled(clusters, factors) -> dict[str, float]:
+    """DVFS factors (relative to a cluster's nominal speed) as speeds."""
+    nominal = {c.name: c.speed for c in clusters}
+    return {name: nominal[name] * float(f) for name, f in factors.items()}
 
 
 def make_searcher(method: str, clusters, table, *, budget: int, seed: int, interconnect_gbs: float,

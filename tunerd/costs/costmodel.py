@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import HintsError
+from ..platform.boards import core_type_references
 
 FLOAT_BYTES = 4
 
@@ -386,13 +387,9 @@ def cluster_coeffs(cluster: Mapping[str, Any], *, source: str = "board") -> Core
 
 
 def coeffs_from_board(board: Mapping[str, Any]) -> dict[str, CoreCoeffs]:
-    """Core type -> coefficients for a validated board dict (tunerd.platform.boards.load_board)."""
-    out: dict[str, CoreCoeffs] = {}
+    """Core type -> coefficients for a validated board dict (tunerd.platform.boards.load_board):
+    those of the core type's reference cluster, its fastest-clocked; a cluster of that type at a
+    lower clock costs the same times / its speed (tunerd.platform.boards.board_clusters), which is
+    what validate_board checks the board's figures agree with."""
     name = str(board.get("name", "board"))
-    for cluster in board["clusters"]:
-        c = cluster_coeffs(cluster, source=f"board {name}")
-        if c.core_type in out and out[c.core_type].to_dict() != c.to_dict():
-            raise HintsError(f"board {name}: clusters of core type {c.core_type!r} have different "
-                             f"cost coefficients; give them distinct core types")
-        out.setdefault(c.core_type, c)
-    return out
+    return {t: cluster_coeffs(ref, source=f"board {name}") for t, ref in core_type_references(board).items()}

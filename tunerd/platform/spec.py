@@ -158,12 +158,14 @@ def emulated_platform(spec: PlatformSpec, *, sysfs_root: str | os.PathLike = "/s
 
 def board_platform(spec: PlatformSpec) -> Platform:
     """A simulated platform from a board file (DESIGN.md "Board file"); CPUs numbered in order."""
-    from .boards import load_board  # the one board-file reader: schema, shipped boards, HintsError
+    from .boards import cluster_speed, load_board  # the one board-file reader: schema, shipped boards
 
     clusters, first = [], 0
-    for c in load_board(spec.board or "")["clusters"]:
+    board = load_board(spec.board or "")
+    for c in board["clusters"]:
         cores, khz = int(c["cores"]), round(float(c["freq_mhz"]) * 1000)
+        # NOTE: speed is the clock over the core type's reference clock (tunerd.platform.boards)
         clusters.append(Cluster(c["name"], c["core_type"], tuple(range(first, first + cores)),
-                                max_khz=khz, cur_khz=khz))
+                                max_khz=khz, cur_khz=khz, speed=cluster_speed(board, c)))
         first += cores
     return Platform(tuple(clusters), "board", (), spec=spec.text)

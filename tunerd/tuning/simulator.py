@@ -10,6 +10,9 @@ shared memory bandwidth, and scheduled frequency changes.
   ``contention_alphas(board, contention)`` per extra worker (see :mod:`tunerd.tuning.throughput`).
 - **DVFS**: ``dvfs_schedule=[(at_window, cluster, factor)]`` sets the cluster's speed to ``factor``
   of nominal at that measurement window.
+- **One core type at several clocks**: a cluster's nominal speed is its clock over its core type's
+  reference clock (tunerd.platform.boards), so a Snapdragon's gold and prime clusters share one row
+  of costs, the gold one at 0.85; a DVFS factor is relative to that nominal speed.
 
 The **antecedents** a pipeline is compared with (Pipe-it's baselines, no pipelining) are modelled
 on the same costs: the whole network as one stage on one cluster with all its cores
@@ -28,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..platform.boards import board_clusters, load_board
+from ..platform.boards import board_clusters, core_type_references, load_board
 from .dse import DseResult, exhaustive_optimum
 from ..errors import ConfigError
 from ..pipeconfig import ClusterSpec, PipelineConfig, Stage, as_cluster_specs, validate
@@ -73,13 +76,12 @@ def synthetic_table(board: Mapping, n_units: int, *, seed: int = 0) -> UnitCostT
     gamma = np.clip(0.6 + 0.3 * (np.log(flops) - np.log(30e6)) / np.log(20) + rng.normal(0, 0.05, n_units),
                     0.45, 0.97)
     table = {}
-    for c in board["clusters"]:
-        t = c["core_type"]
-        if t in table and table[t].shape[1] >= c["cores"]:
-            continue
-        k = np.arange(1, int(c["cores"]) + 1, dtype=float)
-        ms = flops[:, None] / (c["gflops_per_core"] * 1e6) / k[None, :] ** gamma[:, None] + 0.02 * k[None, :]
-        table[t] = ms
+    # NOTE: a core type's costs are its reference cluster's (the fastest clocked); the row covers
+    # the most cores any cluster of that type has
+    for t, ref in core_type_references(board).items():
+        cores = max(int(c["cores"]) for c in board["clusters"] if c["core_type"] == t)
+        k = np.arange(1, cores + 1, dtype=float)
+        table[t] = flops[:, None] / (ref["gflops_per_core"] * 1e6) / k[None, :] ** gamma[:, None] + 0.02 * k[None, :]
     return UnitCostTable(table, out_bytes)
 
 
@@ -157,7 +159,8 @@ class SimulatedBoard:
             true[t] = ms * np.exp(sigma * z)
         self.true_table = UnitCostTable(true, table.out_bytes.copy())
         self.contention = contention_alphas(self.board, contention)
-        self.speeds = {c.name: 1.0 for c in self.clusters}
+        self.nominal = {c.name: c.speed for c in self.clusters}
+        self.speeds = dict(self.nominal)
         self.schedule = sorted((int(a), str(c), float(f)) for a, c, f in (dvfs_schedule or []))
         for _at, name, factor in self.schedule:
             if name not in self.speeds:
@@ -194,7 +197,7 @@ class SimulatedBoard:
         fired = []
         while self._applied < len(self.schedule) and self.schedule[self._applied][0] <= window:
             _at, name, factor = self.schedule[self._applied]
-            self.speeds[name] = factor
+            self.speeds[name] = self.nominal[name] * factor
             fired.append((name, factor))
             self._applied += 1
         return fired

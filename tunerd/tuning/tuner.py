@@ -276,7 +276,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
 
     def retune(self, speed_factors: Mapping[str, float] | None = None) -> None:
         """Search again, warm-started, after a frequency change: ``speed_factors`` maps cluster
-        names to their speed relative to nominal (0.6 = 60% of the hints' frequency); clusters
+        names to their speed relative to nominal (0.6 = 60% of the cluster's own clock); clusters
         not named keep theirs. With no factors (throughput drift), just search again. Before the
         first search (idle, or pinned before any) only the speeds change; while pinned the search
         starts on unpin."""
@@ -285,7 +285,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
                 raise ConfigError(f"unknown cluster {name!r} (clusters: {', '.join(self.speeds)})")
             if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
                 raise ConfigError(f"speed factor for {name!r} must be > 0, got {factor!r}")
-            self.speeds[name] = float(factor)
+            self.speeds[name] = float(factor) * next(c.speed for c in self.clusters if c.name == name)
         self._model = self._optimistic_model = self._estimates_cache = None
         if self.state == states.IDLE or (self.state == states.PINNED and self._before_pin == states.IDLE):
             # NOTE: no search has started: the first one runs at the new speeds with its full budget
