@@ -4,6 +4,10 @@ Canonical text (DESIGN.md): each stage is ``FIRST-LAST@CLUSTER:CORES`` or
 ``FIRST-LAST@CLUSTER:CORESxREPLICAS`` (units FIRST..LAST inclusive), stages joined by `` | `` in
 pipeline order, e.g. ``0-5@big:2x2 | 6-17@little:4``. ``str(config)`` is canonical and
 ``parse_config(str(config)) == config``; the parser also accepts extra whitespace and ``x1``.
+
+CORES counts physical cores: a cluster's ``cpus`` hold one hardware thread per core (discovery puts
+the other SMT threads in ``smt_siblings``), so assign_cpus pins a stage of N cores to N cores, one
+thread each (DESIGN.md, "core").
 """
 from __future__ import annotations
 
