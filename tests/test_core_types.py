@@ -163,3 +163,19 @@ def test_the_cost_table_checks_cores_of_a_shared_core_type():
     table = UnitCostTable({"A55": np.ones((3, 4)), "A76": np.ones((3, 1))}, np.ones(3))
     with pytest.raises(HintsError, match="cluster 'gold' has 3 cores but the table has costs for 1-1"):
         SimulatedBoard(board, table)
+
+
+@pytest.mark.parametrize("board", ["sd855", "rk3588", "intel-hybrid"])
+def test_shipped_boards_have_the_clusters_discovery_finds_on_their_fake_trees(fake_sysfs, board):
+    from tunerd.platform.discovery import discover
+    shipped = [(c.name, c.cores) for c in board_clusters(load_board(board))]
+    assert shipped == [(c.name, c.cores) for c in discover(fake_sysfs(board)).clusters]
+
+
+def test_shipped_tri_cluster_boards():
+    sd855 = {c.name: c for c in board_clusters(load_board("sd855"))}
+    assert sd855["gold"].core_type == sd855["prime"].core_type == "A76"
+    assert (sd855["gold"].speed, sd855["prime"].cores) == (pytest.approx(2420 / 2840), 1)
+    tensor = board_clusters(load_board("tensor-g1"))
+    assert [(c.name, c.core_type, c.cores) for c in tensor] == [("little", "A55", 4), ("mid", "A76", 2),
+                                                                ("big", "X1", 2)]

@@ -13,7 +13,7 @@ from tunerd.errors import HintsError
 from tunerd.model.loader import load_model
 
 ZOO = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
-BOARDS = ["hikey970", "odroid-xu3", "jetson-tx2"]
+BOARDS = ["hikey970", "odroid-xu3", "jetson-tx2", "rk3588", "sd855", "tensor-g1", "intel-hybrid"]
 
 
 @pytest.fixture(scope="module")

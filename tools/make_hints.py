@@ -2,6 +2,8 @@
 """Reference boards and shipped hints.
 
     .venv/bin/python tools/make_hints.py                 # regenerate hints/<model>.<board>.hints.json
+                                                         # (every shipped board; tools/make_boards.py
+                                                         # writes rk3588, sd855, tensor-g1, intel-hybrid)
     .venv/bin/python tools/make_hints.py --fit-board     # refit hikey970 + odroid-xu3 to Table I, then regenerate
     .venv/bin/python tools/make_hints.py --check         # print Table I vs the board files (no writing)
 
@@ -41,6 +43,8 @@ BOARDS_DIR = ROOT / "hints" / "boards"
 HINTS_DIR = ROOT / "hints"
 ZOO = ["alexnet", "googlenet", "mobilenet", "resnet50", "squeezenet"]
 REFERENCE_BOARDS = ["hikey970", "odroid-xu3", "jetson-tx2"]
+# today's platforms, written by tools/make_boards.py (issue 17); their hints are made here too
+TODAY_BOARDS = ["rk3588", "sd855", "tensor-g1", "intel-hybrid"]
 
 # Seed 002, Table I: frames/s on the whole 4-core cluster at peak frequency.
 TABLE1 = {
@@ -317,15 +321,18 @@ def print_check(rows) -> None:
     print(f"worst ratio {np.exp(worst):.3f} (off by {100 * (np.exp(worst) - 1):.1f}%)")
 
 
-def write_hints(models=ZOO, boards=REFERENCE_BOARDS) -> None:
+def write_hints(models=ZOO, boards=REFERENCE_BOARDS + TODAY_BOARDS) -> None:
     from tunerd.costs.hints import predict_for_board, save_hints
+    from tunerd.platform.boards import board_clusters, load_board
     for name in models:
         for board in boards:
             h = predict_for_board(f"zoo:{name}", str(BOARDS_DIR / f"{board}.json"))
             h.producer["name"] = board
             h.producer["file"] = f"hints/boards/{board}.json"
             path = save_hints(h, HINTS_DIR / f"{name}.{board}.hints.json")
-            best = max(((c["name"], h.fps(c["core_type"], c["cores"])) for c in h.clusters), key=lambda t: t[1])
+            speed = {c.name: c.speed for c in board_clusters(load_board(str(BOARDS_DIR / f"{board}.json")))}
+            best = max(((c["name"], h.fps(c["core_type"], c["cores"]) * speed[c["name"]]) for c in h.clusters),
+                       key=lambda t: t[1])
             print(f"wrote {path.relative_to(ROOT)}: {h.n_units} units, best single cluster {best[0]} "
                   f"{best[1]:.2f} fps", file=sys.stderr)
 
