@@ -140,3 +140,14 @@ def test_cli_json_carries_effective_speed_policies_and_siblings(fake_sysfs, caps
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-3:] == ["SPEED", "EFF", "THREADS"]
     assert lines[3].split()[0] == "p-core" and lines[3].split()[-1] == "0-7"
+
+
+def test_clusters_of_one_core_type_run_at_their_clock_ratio(fake_sysfs):
+    from tunerd.platform.clusters import core_type_speeds
+    speeds = core_type_speeds(discover(fake_sysfs("sd855")))
+    assert speeds == {"silver": 1.0, "gold": pytest.approx(2419200 / 2841600), "prime": 1.0}
+    assert set(core_type_speeds(discover(fake_sysfs("rk3588"))).values()) == {1.0}
+    emulated = resolve_platform("emulate:big=0@1.0,little=1@0.5", sysfs_root=fake_sysfs("emulate:big=0@1.0,little=1@0.5"),
+                                available_cpus={0, 1})
+    assert core_type_speeds(emulated) == {"little": 1.0, "big": 1.0}    # the speed is in their costs
+    assert core_type_speeds(resolve_platform("board:sd855"))["gold"] == pytest.approx(2420 / 2840)

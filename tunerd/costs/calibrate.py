@@ -26,6 +26,7 @@ import time
 from typing import Sequence
 
 from ..errors import ConfigError, PlatformError
+from ..platform.clusters import core_type_speeds
 from .calibration_child import Child
 from .calibration_file import Calibration, machine_info
 from .calibration_fit import Sample, fit, llc_bytes
@@ -72,8 +73,11 @@ def measure(platform, sweep: Sequence[tuple[str, tuple]], *, quick: bool = False
     configuration is measured under the same machine load.
     """
     jobs = []
+    # NOTE: a core type's costs are at its fastest cluster's clock: a slower-clocked cluster of the
+    # same type (a phone's gold beside its prime) is timed as it runs, then brought to that clock
+    clock = core_type_speeds(platform)
     for cluster in platform.clusters:
-        speed = cluster.speed if platform.source == "emulate" else 1.0
+        speed = cluster.speed if platform.source == "emulate" else 1.0 / clock[cluster.name]
         if not speed > 0:
             raise PlatformError(f"cluster {cluster.name!r}: speed {speed!r} is not > 0")
         for n in range(1, min(cluster.cores, max_cores or cluster.cores) + 1):

@@ -31,6 +31,7 @@ from .config import DaemonConfig
 from ..errors import ConfigError, TunerdError
 from .live import LiveTuning, WindowPolicy
 from .monitor import Monitor, MonitorConfig
+from ..platform.clusters import core_type_speeds
 from ..pipeconfig import ClusterSpec, parse_config, validate
 from .sdnotify import Notifier, watchdog_interval
 from .sockets import SocketsMixin, readable
@@ -114,8 +115,11 @@ class Daemon(SocketsMixin, ControlMixin):
         self._nominal = {c.name: c.speed for c in self.platform.clusters}
         table = self._hints()
         # NOTE: the hints already price each cluster at its speed when they were made, so the tuner
-        # sees speed 1.0 and later only the change relative to that (see retune).
-        clusters = [ClusterSpec(c.name, c.core_type, c.cores, 1.0) for c in self.platform.clusters]
+        # sees speed 1.0 and later only the change relative to that (see retune); a cluster of a
+        # core type at a lower clock than its fastest cluster (a phone's gold beside its prime)
+        # shares that one's costs at its clock ratio (core_type_speeds)
+        clock = core_type_speeds(self.platform)
+        clusters = [ClusterSpec(c.name, c.core_type, c.cores, clock[c.name]) for c in self.platform.clusters]
         self.tuner = Tuner(clusters, table, rng_seed=cfg.seed, budget=cfg.budget,
                            population_size=cfg.population, clock=time.time)
         self.store = StateStore(cfg.state_dir)

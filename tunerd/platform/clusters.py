@@ -155,6 +155,22 @@ def cluster_names(count: int) -> list[str]:
     return ["little", *middle, "big"]
 
 
+def core_type_speeds(platform: Platform) -> dict[str, float]:
+    """Per cluster its clock over the fastest clock of its core type (a Snapdragon 855's gold
+    cluster 2419200/2841600 = 0.85 of its prime's; 1.0 for a core type's fastest cluster, where a
+    clock is unknown, and on emulated platforms, whose clusters are each a core type of their own
+    with their speed in the costs): the speed the tuning gives a cluster so that clusters of one
+    core type share one row of costs (DESIGN.md, "platform"). A board's clusters carry it already."""
+    if platform.source == "board":
+        return {c.name: c.speed for c in platform.clusters}
+    fastest: dict[str, int] = {}
+    for c in platform.clusters:
+        if c.max_khz and platform.source == "auto":
+            fastest[c.core_type] = max(fastest.get(c.core_type, 0), c.max_khz)
+    return {c.name: (c.max_khz / fastest[c.core_type]) if c.max_khz and c.core_type in fastest else 1.0
+            for c in platform.clusters}
+
+
 def effective_speed(cluster: Cluster, sysfs_root: str | os.PathLike = "/sys") -> float:
     """SPEED × min(scaling_cur_freq, scaling_max_freq) / cpuinfo_max_freq, the slowest of the
     cluster's policies (a stage spread over two policies runs at the pace of the slower).
