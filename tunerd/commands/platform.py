@@ -53,7 +53,7 @@ def render(platform: Platform, sysfs_root: str = "/sys") -> str:
     for c in platform.clusters:
         eff = _effective(platform, c, sysfs_root)
         rows.append([c.name, c.core_type, format_cpu_list(c.cpus), _opt(c.capacity), _mhz(c.min_khz),
-                     _mhz(c.cur_khz), _mhz(c.max_khz), str(len(c.followed_policies)), f"{c.speed:.2f}",
+                     _mhz(c.cur_khz), _mhz(c.max_khz), str(len(c.policies or [c.policy] * bool(c.policy))), f"{c.speed:.2f}",
                      f"{eff:.2f}"] + ([format_cpu_list(c.threads)] if smt else []))
     headers = ["CLUSTER", "CORE", "CPUS", "CAPACITY", "MIN MHz", "CUR MHz", "MAX MHz", "POLICIES", "SPEED",
                "EFF"] + (["THREADS"] if smt else [])

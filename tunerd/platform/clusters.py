@@ -86,7 +86,7 @@ class Cluster:
         return {"name": self.name, "core_type": self.core_type, "cpus": list(self.cpus),
                 "capacity": self.capacity, "min_khz": self.min_khz, "cur_khz": self.cur_khz,
                 "max_khz": self.max_khz, "speed": self.speed, "policy": self.policy,
-                "policies": list(self.followed_policies),
+                "policies": list(self.policies or ([self.policy] if self.policy and self.follow_cpufreq else [])),
                 "smt_siblings": [list(core) for core in self.smt_siblings]}
 
 
