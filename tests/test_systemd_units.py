@@ -87,7 +87,7 @@ def test_single_and_template_paths():
 
 def test_example_config_keys_and_defaults():
     config = tomllib.loads((SYSTEMD / "tunerd.toml").read_text())
-    assert set(config) == {"daemon", "model", "platform", "tuner", "limits", "security"}
+    assert set(config) == {"daemon", "model", "platform", "tuner", "limits", "security", "metrics"}
     assert config["daemon"]["frames"] == protocol.DEFAULT_FRAMES_ADDRESS
     assert config["daemon"]["control"] == protocol.DEFAULT_CONTROL_ADDRESS
     assert config["daemon"]["state_dir"] == "/var/lib/tunerd" and config["daemon"]["log_level"] == "info"
@@ -97,6 +97,7 @@ def test_example_config_keys_and_defaults():
     assert config["limits"]["queue_depth"] == 64
     assert config["limits"]["max_message_bytes"] == protocol.DEFAULT_MAX_MESSAGE_BYTES
     assert set(config["security"]) == {"curve_secret_key_file", "curve_client_keys_dir"}
+    assert config["metrics"] == {"listen": ""}      # off unless asked for
     for table in config.values():    # flat: no nested tables
         assert not any(isinstance(v, dict) for v in table.values())
 

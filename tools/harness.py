@@ -100,7 +100,7 @@ class DaemonProcess:
     def __init__(self, workdir: str | os.PathLike, *, name: str = "d", state_dir: str | os.PathLike | None = None,
                  model: str = MODEL, size: int = SIZE, spec: str = SPEC, config_text: str | None = None,
                  extra: tuple[str, ...] = (), start: bool = True, ready_timeout: float = 180.0,
-                 ctl_options: dict | None = None, backend: str | None = "numpy"):
+                 ctl_options: dict | None = None, backend: str | None = "numpy", env: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -124,6 +124,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
         self.ready_timeout = ready_timeout
         self.ctl_options = dict(ctl_options or {})     # e.g. CURVE keys for ControlClient
+        self.env = None if env is None else {**os.environ, **env}    # added to this process's environment
         if start:
             self.start()
 
@@ -133,7 +134,7 @@ class DaemonProcess:
 
     def start(self) -> "DaemonProcess":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         try:
             self.wait_ready(self.ready_timeout)
         except BaseException:

@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 
+from ..daemon.journal import configure_logging, error_line
 from ..errors import TunerdError
 
 # Each module exposes register(subparsers) which adds its sub-command(s) and sets `func`.
@@ -37,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, sys.stderr, replace=False)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except TunerdError as err:
-        print(f"tunerd {args.command}: {err}", file=sys.stderr)
+        print(error_line(f"tunerd {args.command}: {err}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"tunerd {args.command}: interrupted", file=sys.stderr)

@@ -1,10 +1,10 @@
 """`tunerd serve`: the daemon (what systemd runs)."""
 from __future__ import annotations
 
-import logging
 import sys
 
 from ..daemon.config import DEFAULT_CONFIG_FILE, load_config
+from ..daemon.journal import configure_logging
 
 
 def register(sub) -> None:
@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, metavar="N", help="tuner: evaluations per search")
     p.add_argument("--seed", type=int, metavar="N", help="tuner: random seed")
     p.add_argument("--pin", metavar="CONFIG", help="serve this pipeline config, no tuning")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; port 0: "
+                        "any free port, see `tunerctl status --json`); needs tunerd[metrics]")
     p.set_defaults(func=run)
 
 
@@ -37,10 +40,10 @@ def run(args) -> int:
         "source": args.model, "input_size": args.input_size, "backend": args.backend, "spec": args.platform, "frames": args.frames,
         "control": args.control, "sysfs_root": args.sysfs_root, "state_dir": args.state_dir,
         "log_level": args.log_level, "budget": args.budget, "seed": args.seed, "pin": args.pin,
+        "metrics_listen": args.metrics,
     }
     cfg = load_config(path, overrides, required=bool(args.config))
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.log_level, sys.stderr)     # priorities when stderr is the journal
     daemon = Daemon(cfg, config_path=path, overrides=overrides)   # SIGHUP applies the flags again
     try:
         daemon.start()

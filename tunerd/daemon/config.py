@@ -49,6 +49,8 @@ class DaemonConfig:
     # [security]
     curve_secret_key_file: str | None = None
     curve_client_keys_dir: str | None = None
+    # [metrics] listen: Prometheus /metrics on HOST:PORT (None: off)
+    metrics_listen: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +64,12 @@ SECTIONS = {
               "pin"),
     "limits": ("queue_depth", "max_message_bytes", "max_in_flight"),
     "security": ("curve_secret_key_file", "curve_client_keys_dir"),
+    "metrics": ("listen",),
 }
+# NOTE: a key whose field has another name (the file says [metrics] listen; the daemon, metrics_listen)
+FIELD_OF = {("metrics", "listen"): "metrics_listen"}
 _TYPES = {f.name: f.type for f in fields(DaemonConfig)}
+_TYPES.update({key: _TYPES[name] for (_, key), name in FIELD_OF.items()})
 
 
 def _check_type(key: str, value):
@@ -101,7 +107,7 @@ def load_config(path: str | None, overrides: dict | None = None, *, required: bo
                         raise ConfigError(f"{p}: {key} in [{section}] must not be empty")
                     if (key == "input_size" and value == 0) or value == "":
                         value = None
-                    setattr(cfg, key, value)
+                    setattr(cfg, FIELD_OF.get((section, key), key), value)
         elif required:
             raise ConfigError(f"config file {p} does not exist")
     for key, value in (overrides or {}).items():
@@ -129,6 +135,12 @@ def validate(cfg: DaemonConfig) -> None:
         raise ConfigError(f"backend must be auto, numpy or onnxruntime, got {cfg.backend!r}")
     if cfg.frames == cfg.control:
         raise ConfigError(f"frames and control must be two addresses, both are {cfg.frames!r}")
+    if cfg.metrics_listen is not None:
+        from .metrics import parse_listen
+        parse_listen(cfg.metrics_listen)
+        if not cfg.allow_remote and not is_loopback_tcp(f"tcp://{cfg.metrics_listen}"):
+            raise ConfigError(f"metrics address {cfg.metrics_listen} is reachable from other hosts; set [daemon] "
+                              "allow_remote = true to serve it there, or listen on 127.0.0.1:PORT")
     for key in ("frames", "control"):
         addr = getattr(cfg, key)
         if not addr.startswith(("ipc://", "tcp://", "inproc://")):

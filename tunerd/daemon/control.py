@@ -6,6 +6,7 @@ request's id; a ProtocolError or TunerdError a command raises is answered as a c
 from __future__ import annotations
 
 import logging
+import os
 
 import zmq
 
@@ -75,7 +76,8 @@ class ControlMixin:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 raise protocol.ProtocolError(protocol.BAD_ARGUMENT, "history's 'limit' must be an int >= 0")
             history = self.tuner.history
-            return {"history": history[max(0, len(history) - limit):]}
+            return {"history": history[max(0, len(history) - limit):], "retunes": list(self.retune_log),
+                    "gain": self.tuner.gain()}
         raise protocol.ProtocolError(protocol.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
 
     def status(self) -> dict:
@@ -101,7 +103,23 @@ class ControlMixin:
             "backend": getattr(getattr(self, "backend", None), "name", None),
             # NOTE: while a candidate not yet measured runs, the incumbent's gain (it says which)
             "gain": self.tuner.gain(self.pipeline.config) or self.tuner.gain(),
+            "metrics": getattr(self.metrics_server, "address", None),
         }
+
+    def metrics_snapshot(self) -> dict:
+        """The numbers a Prometheus scrape turns into metrics (tunerd.daemon.metrics.families):
+        copied in the poll loop, so the scrape's thread reads nothing the loop changes."""
+        s = self.status()
+        best, gain = s["best"] or {}, s["gain"] or {}
+        return {"version": __version__, "model": self.model.name, "backend": s["backend"],
+                "platform_source": self.platform.source, "frames_served": self.frames_served,
+                "errors_by_code": dict(self.errors_by_code), "replies_dropped": self.replies_dropped,
+                "latency": self.latency.snapshot(), "fps": s["fps"], "best_fps": best.get("fps"),
+                "gain_ratio": gain.get("ratio"), "state": s["state"], "evaluations": s["evaluations"],
+                "retunes": s["retunes"], "epoch": s["epoch"], "restarts": s["restarts"],
+                "stages": self.pipeline.stats()["stages"], "clusters": s["platform"]["clusters"],
+                "queue": s["queue"], "in_flight": s["in_flight"], "queue_depth": self.cfg.queue_depth,
+                "pid": os.getpid(), "worker_pids": self.pipeline.worker_pids(), "uptime_s": s["uptime_s"]}
 
     def _platform_now(self, speeds: dict, freqs: dict) -> dict:
         """The platform map with each cluster's speed, current frequency and frequency cap

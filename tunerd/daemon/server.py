@@ -30,6 +30,7 @@ from ..tuning import states
 from .config import DaemonConfig
 from ..errors import ConfigError, TunerdError
 from .live import LiveTuning, WindowPolicy
+from .metrics import LatencyHistogram, SnapshotExchange
 from .monitor import Monitor, MonitorConfig
 from ..platform.clusters import core_type_speeds
 from ..pipeconfig import ClusterSpec, parse_config, validate
@@ -44,6 +45,7 @@ DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
 REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
 MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
 PLACEMENT_INTERVAL_S = 1.0  # how often the daemon re-decides where its own threads run (Pipeline.place_host)
+RETUNES_KEPT = 100      # retunes (when, after which evaluation, why) the history reply carries
 
 
 @dataclass
@@ -80,6 +82,11 @@ class Daemon(SocketsMixin, ControlMixin):
         self.frames_served = 0
         self.frames_failed = 0
         self.replies_dropped = 0
+        self.errors_by_code: dict[str, int] = {}      # frames answered with an error, by code
+        self.latency = LatencyHistogram()              # served frames, receive to reply
+        self.retune_log: deque[dict] = deque(maxlen=RETUNES_KEPT)
+        self.metrics_exchange: SnapshotExchange | None = None
+        self.metrics_server = None
         self._held: dict[bytes, float] = {}    # client -> since when its replies cannot leave (pipe full)
         self.events: deque[dict] = deque(maxlen=20)
         self._last_monitor = 0.0
@@ -137,6 +144,11 @@ class Daemon(SocketsMixin, ControlMixin):
         if cfg.pin:
             self.tuner.pin(parse_config(cfg.pin))
         self._bind()
+        if cfg.metrics_listen:
+            from .metrics import MetricsServer
+            self.metrics_exchange = SnapshotExchange(self.clock)
+            self.metrics_server = MetricsServer(cfg.metrics_listen, self.metrics_exchange)
+            log.info("metrics on %s", self.metrics_server.address)
         self.notify.ready(f"serving {self.model.name}; tuner {self.tuner.state}")
         log.info("ready: frames on %s, control on %s", cfg.frames, cfg.control)
 
@@ -259,7 +271,9 @@ class Daemon(SocketsMixin, ControlMixin):
             return
         if o.ok:
             self.frames_served += 1
-            latency_us = int(1e6 * (self.clock() - req.t_recv))
+            latency_s = self.clock() - req.t_recv
+            self.latency.observe(latency_s)
+            latency_us = int(1e6 * latency_s)
             req.reply = protocol.encode_reply_ok(req.client_id, o.output, o.epoch, latency_us)
             self._flush(req.identity)
         else:
@@ -268,6 +282,7 @@ class Daemon(SocketsMixin, ControlMixin):
 
     def _reply_error(self, seq: int, code: str, message: str) -> None:
         req = self._requests[seq]
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
         req.reply = protocol.encode_reply_error(req.client_id, code, message)
         self._flush(req.identity)
 
@@ -311,6 +326,7 @@ class Daemon(SocketsMixin, ControlMixin):
 
     def _retune(self, reason: str) -> None:
         log.info("retuning: %s", reason)
+        self.retune_log.append({"time": time.time(), "after_evaluation": self.tuner.evaluations, "reason": reason})
         self.live.retune(self._relative_speeds())
         if self.tuner.state == states.PINNED:
             # NOTE: the tuner keeps the retune (at the new speeds) for unpin; adopting a stored
@@ -349,6 +365,11 @@ class Daemon(SocketsMixin, ControlMixin):
 
     def _housekeeping(self) -> None:
         now = self.clock()
+        if self.metrics_exchange is not None and self.metrics_exchange.wanted:
+            t0 = time.perf_counter()
+            snapshot = self.metrics_snapshot()
+            snapshot["snapshot_s"] = time.perf_counter() - t0       # what a scrape costs this loop
+            self.metrics_exchange.publish(snapshot)                 # a scrape waits for it
         if now - self._last_monitor >= self.cfg.poll_interval_s:
             self._last_monitor = now
             fps = self._capacity_fps() if self.tuner.state == states.CONVERGED else None
@@ -422,4 +443,7 @@ class Daemon(SocketsMixin, ControlMixin):
         for seq in list(self._requests):
             if self._requests.get(seq) is not None and self._requests[seq].reply is None:
                 self._reply_error(seq, protocol.SHUTTING_DOWN, "tunerd stopped before the frame finished")
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         self._close_sockets()
