@@ -8,7 +8,8 @@
 4. shows `tunerctl watch` until the tuner has converged;
 5. lowers the emulated `big` cluster's frequency to 60% (what DVFS/thermal throttling does) and shows
    the daemon notice it and retune, again until converged;
-6. prints the final status and stops everything (SIGTERM: the daemon finishes frames in flight).
+6. prints the final status, a few lines of its Prometheus metrics, draws the convergence plot
+   (`tunerctl history --plot`), and stops everything (SIGTERM: the daemon finishes frames in flight).
 
 After each convergence it says what tuning earned: the running config's measured fps over the best
 single-cluster config measured (status "gain"). The daemon runs on the backend `auto` picks
@@ -21,8 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import importlib.util
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -69,6 +72,28 @@ def say_gain(control: str, when: str) -> None:
         print(f"== {when}: no single-cluster figure measured yet", flush=True)
 
 
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def show_metrics(url: str | None) -> None:
+    """A few lines of what Prometheus would scrape (docs/metrics.md has them all)."""
+    if not url:
+        return
+    print(f"\n== Prometheus metrics at {url} (a few of them)", flush=True)
+    wanted = ("tunerd_frames_served_total", "tunerd_fps ", "tunerd_best_fps", "tunerd_gain_ratio",
+              "tunerd_retunes_total", "tunerd_cluster_frequency_cap_hertz", 'tunerd_request_latency_seconds_count')
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+    except OSError as err:
+        print(f"demo: cannot scrape {url}: {err}")
+        return
+    for line in lines:
+        if line.startswith(wanted) or ('tuner_state="' in line and line.endswith(" 1.0")):
+            print("  " + line)
+
+
 def wait_for_daemon(control: str, daemon: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=30, help="tuner evaluations per search (default 30)")
     ap.add_argument("--throttle", type=float, default=0.6, help="big cluster frequency after the change (0.6)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for each convergence")
+    ap.add_argument("--plot", default=str(Path(tempfile.gettempdir()) / "tunerd-demo-convergence.png"),
+                    help="where the convergence plot goes (default: %(default)s)")
     args = ap.parse_args(argv)
 
     from tunerd.platform.fakesysfs import make_emulated_tree, set_emulated_freq
@@ -103,7 +130,8 @@ def main(argv=None) -> int:
         daemon = subprocess.Popen([str(BIN / "tunerd"), "serve", "--model", args.model, "--input-size",
                                    str(args.input_size), "--platform", spec, "--sysfs-root", str(sysfs),
                                    "--frames", frames, "--control", control, "--state-dir", str(tmp / "state"),
-                                   "--budget", str(args.budget), "--log-level", "info"])
+                                   "--budget", str(args.budget), "--log-level", "info",
+                                   *(["--metrics", "127.0.0.1:0"] if has("prometheus_client") else [])])
         loadgen = None
         try:
             print("== starting the daemon (first start calibrates this machine for the hints)", flush=True)
@@ -131,6 +159,12 @@ def main(argv=None) -> int:
             run_ctl(control, "status")
             say_gain(control, "retuned")
             run_ctl(control, "history", "--last", "10")
+            show_metrics(status(control).get("metrics"))
+            if has("matplotlib"):
+                print("\n== tunerctl history --plot", flush=True)
+                run_ctl(control, "history", "--plot", args.plot)
+            else:
+                print("== (no convergence plot: matplotlib is not installed; pip install 'tunerd[plot]')")
         finally:
             if loadgen is not None:
                 loadgen.terminate()

@@ -39,6 +39,7 @@ examples:
   tunerctl status              state, configs, fps, search progress
   tunerctl watch               follow the tuner until it converges
   tunerctl pin '0-9@big:4 | 10-17@little:4'
+  tunerctl history --plot convergence.png
   tunerctl --control tcp://127.0.0.1:5556 status --json
 """
 
@@ -272,7 +273,13 @@ def cmd_history(ctl: ControlClient, args, out: TextIO) -> int:
         evaluations = reply.get("evaluations") if isinstance(reply.get("evaluations"), list) else []
     if args.last:
         evaluations = evaluations[-args.last:]
-    if args.json:
+    plot = getattr(args, "plot", None)
+    if plot:
+        from .convergence_plot import plot_convergence, plural
+        drawn = plot_convergence({**reply, "history": evaluations}, plot)
+        print(f"wrote {drawn['path']}: {plural(drawn['evaluations'], 'evaluation')}, "
+              f"{plural(drawn['retunes'], 'retune')}", file=out)
+    elif args.json:
         print(_json({**reply, "history": evaluations}), file=out)
     else:
         print(render_history(evaluations), file=out)
@@ -335,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="the evaluations so far: index, time, state, fps, config")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.add_argument("--last", metavar="N", type=int, default=0, help="only the last N evaluations")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw fps per evaluation and over time, best so far, retunes and the single-cluster "
+                        "baseline into FILE (needs tunerd[plot]: matplotlib)")
     p.set_defaults(func=cmd_history)
     p = sub.add_parser("version", help="versions of tunerctl and the daemon")
     p.set_defaults(func=cmd_version)
