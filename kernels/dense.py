@@ -45,13 +45,14 @@ def matmul(a, b, out=None):
     b = check_f32(fn, "b", b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"{fn}: operands must be at least 1-D, got shapes {a.shape} and {b.shape}")
-    shape = _matmul_shape(a.shape, b.shape)
+    shape = matmul_shape(a.shape, b.shape)
     out = check_out(fn, out, shape)
     np.matmul(a, b, out=out)
     return out
 
 
-def _matmul_shape(sa: tuple, sb: tuple) -> tuple:
+def matmul_shape(sa: tuple, sb: tuple) -> tuple:
+    """The shape of ONNX MatMul of shapes ``sa`` and ``sb``; ValueError if they do not multiply."""
     ka = sa[-1]
     kb = sb[-2] if len(sb) > 1 else sb[0]
     if ka != kb:

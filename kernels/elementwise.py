@@ -125,3 +125,50 @@ def log_softmax(x, axis=-1, *, coerce_2d=False, out=None):
     if not np.may_share_memory(o2, out):
         np.copyto(out, o2.reshape(out.shape))
     return out
+
+
+def sub(a, b, out=None):
+    """a - b with numpy broadcasting."""
+    out = check_out("sub", out, _shape2("sub", a, b))
+    return np.subtract(a, b, out=out)
+
+
+def div(a, b, out=None):
+    """a / b with numpy broadcasting (float division, inf/nan as IEEE says)."""
+    out = check_out("div", out, _shape2("div", a, b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.divide(a, b, out=out)
+
+
+def pow_(a, b, out=None):
+    """a ** b with numpy broadcasting; b == 2 and b == 0.5 take the cheap ufuncs."""
+    out = check_out("pow_", out, _shape2("pow_", a, b))
+    if np.ndim(b) == 0 and float(b) == 2.0:
+        return np.multiply(a, a, out=out)
+    if np.ndim(b) == 0 and float(b) == 0.5:
+        return np.sqrt(a, out=out)
+    with np.errstate(invalid="ignore"):
+        return np.power(a, b, out=out)
+
+
+def max_(xs, out=None):
+    """ONNX Max/Min helper: elementwise max of broadcastable arrays."""
+    return _fold(np.maximum, "max_", xs, out)
+
+
+def min_(xs, out=None):
+    return _fold(np.minimum, "min_", xs, out)
+
+
+def _fold(ufunc, fn, xs, out):
+    xs = list(xs)
+    for i, x in enumerate(xs):
+        _operand_shape(fn, f"xs[{i}]", x)
+    out = check_out(fn, out, np.broadcast_shapes(*(np.shape(x) for x in xs)))
+    if len(xs) == 1:
+        np.copyto(out, xs[0])
+        return out
+    ufunc(xs[0], xs[1], out=out)
+    for x in xs[2:]:
+        ufunc(out, x, out=out)
+    return out

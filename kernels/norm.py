@@ -88,3 +88,35 @@ def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
         np.power(out, np.float32(-beta), out=out)
         np.multiply(x, out, out=out)
     return out
+
+
+def layer_norm(x, scale, bias=None, *, axis=-1, epsilon=1e-5, out=None):
+    """ONNX LayerNormalization (opset 17): normalise over axes ``axis``.. of ``x``, then
+    ``* scale + bias`` (both broadcast over those axes)."""
+    fn = "layer_norm"
+    check_f32(fn, "x", x)
+    check_f32(fn, "scale", scale)
+    if bias is not None:
+        check_f32(fn, "bias", bias)
+    nd = x.ndim
+    if not -nd <= axis < nd:
+        raise ValueError(f"{fn}: axis {axis} out of range for shape {x.shape}")
+    axis %= nd
+    out = check_out(fn, out, x.shape)
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    x2 = x.reshape(rows, -1)
+    o2 = out.reshape(rows, -1)
+    if not np.may_share_memory(o2, out):
+        o2 = np.empty(x2.shape, np.float32)
+    mean = x2.mean(axis=1, keepdims=True)
+    np.subtract(x2, mean, out=o2)
+    var = np.einsum("ij,ij->i", o2, o2).reshape(rows, 1) / np.float32(x2.shape[1])
+    var += np.float32(epsilon)
+    np.sqrt(var, out=var)
+    o2 /= var
+    if not np.may_share_memory(o2, out):
+        np.copyto(out, o2.reshape(out.shape))
+    out *= scale
+    if bias is not None:
+        out += bias
+    return out

