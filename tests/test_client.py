@@ -291,3 +291,67 @@ def test_loadgen_colocate_follows_the_daemons_host_cpus(capsys):
     with pytest.raises(SystemExit) as exc:
         loadgen.main(["--shape", "1,3,8,8", "--colocate"])
     assert exc.value.code == 2 and "--colocate needs --control" in capsys.readouterr().err
+
+
+class BusyServer:
+    """A ROUTER that answers each frame id ``busy`` (with a retry hint) ``times`` times, then its result."""
+
+    def __init__(self, times: int, retry_after_ms: int | None = 5):
+        import threading
+        self.times, self.retry_after_ms = times, retry_after_ms
+        self.seen: dict[int, int] = {}
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            if not self._sock.poll(20):
+                continue
+            identity, *msg = self._sock.recv_multipart()
+            id, array = protocol.decode_request(msg)
+            n = self.seen[identity, id] = self.seen.get((identity, id), 0) + 1
+            if n <= self.times:
+                reply = protocol.encode_reply_error(id, protocol.BUSY, "full", retry_after_ms=self.retry_after_ms)
+            else:
+                reply = protocol.encode_reply_ok(id, array * 2, 1, 10)
+            self._sock.send_multipart([identity, *reply])
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close(linger=0)
+
+
+def test_busy_replies_are_retried_after_their_hint_then_given_up():
+    server = BusyServer(times=2, retry_after_ms=5)
+    try:
+        with Client(server.address, timeout=5) as c:
+            assert np.all(c.infer(frame(2.0)) == 4.0)           # two busy replies, then the result
+            assert c.retried == 2 and list(server.seen.values()) == [3]
+            ids = [c.submit(frame(float(i))) for i in range(5)]     # pipelined frames retry each on its own
+            assert dict(c.results(ordered=True)).keys() == set(ids) and c.retried == 12
+        with Client(server.address, timeout=5, busy_retries=1) as c:
+            with pytest.raises(RemoteError) as err:
+                c.infer(frame())
+            assert err.value.code == protocol.BUSY and c.retried == 1   # bounded: then the error
+        with Client(server.address, timeout=5, busy_retries=0) as c:
+            with pytest.raises(RemoteError, match="busy"):
+                c.infer(frame())
+            assert c.retried == 0
+    finally:
+        server.close()
+    with pytest.raises(ValueError):
+        Client("tcp://127.0.0.1:1", busy_retries=-1)
+
+
+def test_a_busy_reply_carries_its_retry_hint_and_a_wild_one_is_ignored():
+    reply = protocol.decode_reply(protocol.encode_reply_error(3, protocol.BUSY, "full", retry_after_ms=12))
+    assert reply.retry_after_ms == 12 and reply.error_code == protocol.BUSY
+    assert protocol.decode_reply(protocol.encode_reply_error(3, protocol.BUSY, "x")).retry_after_ms is None
+    wild = protocol.encode_reply_error(3, protocol.BUSY, "x", retry_after_ms=10**9)
+    assert protocol.decode_reply(wild).retry_after_ms is None

@@ -46,6 +46,7 @@ class DaemonConfig:
     queue_depth: int = 64
     max_message_bytes: int = 64 * 2**20
     max_in_flight: int = 8
+    max_client_frames: int = 32
     # [security]
     curve_secret_key_file: str | None = None
     curve_client_keys_dir: str | None = None
@@ -62,7 +63,7 @@ SECTIONS = {
     "platform": ("spec", "sysfs_root", "poll_interval_s", "place_self"),
     "tuner": ("budget", "seed", "population", "window_frames", "window_min_seconds", "drift_threshold",
               "pin"),
-    "limits": ("queue_depth", "max_message_bytes", "max_in_flight"),
+    "limits": ("queue_depth", "max_message_bytes", "max_in_flight", "max_client_frames"),
     "security": ("curve_secret_key_file", "curve_client_keys_dir"),
     "metrics": ("listen",),
 }
@@ -120,7 +121,8 @@ def load_config(path: str | None, overrides: dict | None = None, *, required: bo
 def validate(cfg: DaemonConfig) -> None:
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {cfg.log_level!r}")
-    for key in ("queue_depth", "max_message_bytes", "max_in_flight", "budget", "population", "window_frames"):
+    for key in ("queue_depth", "max_message_bytes", "max_in_flight", "max_client_frames", "budget", "population",
+                "window_frames"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     if not 0 <= cfg.window_min_seconds <= 60:

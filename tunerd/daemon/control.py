@@ -89,7 +89,7 @@ class ControlMixin:
             "evaluating": self.live.evaluating, "pinned": self.tuner.pinned,
             "evaluations": t["evaluations"], "generation": t["generation"], "retunes": t["retunes"],
             "frames_served": self.frames_served, "frames_failed": self.frames_failed,
-            "replies_dropped": self.replies_dropped, "queue": len(self._queue), "in_flight": self.pipeline.pending,
+            "replies_dropped": self.replies_dropped, "queue": self._admission.queued, "clients": self._admission.clients, "in_flight": self.pipeline.pending,
             "fps": stats["fps"], "latency_ms": stats["latency_ms"], "epoch": stats["epoch"],
             "bottleneck": stats["bottleneck"], "restarts": stats["restarts"],
             "host_cpus": list(self.pipeline.host_placement) or None,

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import zmq
 
 from ..version import __version__
@@ -29,6 +28,7 @@ from ..wire import protocol
 from ..tuning import states
 from .config import DaemonConfig
 from ..errors import ConfigError, TunerdError
+from .admission import Admission
 from .live import LiveTuning, WindowPolicy
 from .metrics import LatencyHistogram, SnapshotExchange
 from .monitor import Monitor, MonitorConfig
@@ -45,6 +45,12 @@ DRAIN_S = 10.0          # SIGTERM: how long frames in flight get to finish
 REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
 MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
 PLACEMENT_INTERVAL_S = 1.0  # how often the daemon re-decides where its own threads run (Pipeline.place_host)
+RETRY_DEFAULT_MS, RETRY_MAX_MS = 10, 1000   # busy replies' retry_after_ms: no rate known yet; at most
+# NOTE: measured (tools/bench_fairness.py, squeezenet 224, 1+1 pinned, a flooder and a polite client):
+# 4 frames in the pipeline (2 a worker) served 49.7 fps against 50.5 with max_in_flight's 8 (noise),
+# 3 frames 44.8 (not full); the polite client's p50 fell from 7.8x its latency alone to 5.8x
+FILL_PER_WORKER = 2
+ACTIVE_CLIENT_S = 1.0   # a client that sent a frame this recently counts as one to be fair to
 RETUNES_KEPT = 100      # retunes (when, after which evaluation, why) the history reply carries
 
 
@@ -78,7 +84,10 @@ class Daemon(SocketsMixin, ControlMixin):
         self._seq = 0
         self._requests: dict[int, _Request] = {}
         self._order: dict[bytes, deque[int]] = {}
-        self._queue: deque[tuple[int, np.ndarray]] = deque()
+        self._admission = Admission(cfg.queue_depth, cfg.max_client_frames)   # per-client queues
+        self._seen: dict[bytes, float] = {}      # client -> when it last sent a frame (the last ACTIVE_CLIENT_S)
+        self._last_seen_prune = 0.0
+        self._answered_at: deque[float] = deque(maxlen=32)   # when the last frames were answered: the drain rate
         self.frames_served = 0
         self.frames_failed = 0
         self.replies_dropped = 0
@@ -201,7 +210,7 @@ class Daemon(SocketsMixin, ControlMixin):
         poller.register(self.control, zmq.POLLIN)
         for h in self.pipeline.handles():
             poller.register(h, zmq.POLLIN)
-        busy = bool(self._queue) or self.pipeline.pending or bool(self._held)
+        busy = bool(self._admission.queued) or self.pipeline.pending or bool(self._held)
         poller.poll(int(1000 * (min(timeout, 0.01) if busy else timeout)))
         self._read_frames()
         self._read_control()
@@ -221,6 +230,7 @@ class Daemon(SocketsMixin, ControlMixin):
     def _read_frames(self, budget: int = 256) -> None:
         expected = list(self.model.input_shape)
         limits = protocol.Limits(max_message_bytes=self.cfg.max_message_bytes)
+        now = self.clock()
         for _ in range(budget):
             if not readable(self.frames):
                 return
@@ -229,6 +239,7 @@ class Daemon(SocketsMixin, ControlMixin):
             except zmq.Again:
                 return
             identity = msg[0].bytes
+            self._seen[identity] = now
             seq = self._new_request(identity, None)
             try:
                 cid, array = protocol.decode_request(msg[1:], expected_shape=expected, limits=limits)
@@ -239,12 +250,15 @@ class Daemon(SocketsMixin, ControlMixin):
             self._requests[seq].client_id = cid
             if not self._admitting:
                 self._reply_error(seq, protocol.SHUTTING_DOWN, "tunerd is shutting down")
-            elif len(self._queue) + self.pipeline.pending >= self.cfg.queue_depth:
-                self._reply_error(seq, protocol.BUSY, f"admission queue full ({self.cfg.queue_depth} frames)")
-            else:
-                self._queue.append((seq, array))
-                if self.tuner.state == states.IDLE and not self.tuner.pinned:
-                    self.live.step()       # first frame: the search starts
+                continue
+            decision = self._admission.admit(identity, seq, array)
+            for _, victim in decision.preempted:
+                self._reply_busy(victim, "admission queue full and this client over its share: a frame of a "
+                                         "client within its share took its place")
+            if not decision.admitted:
+                self._reply_busy(seq, decision.reason)
+            elif self.tuner.state == states.IDLE and not self.tuner.pinned:
+                self.live.step()       # first frame: the search starts
 
     def _new_request(self, identity: bytes, client_id) -> int:
         self._seq += 1
@@ -253,22 +267,47 @@ class Daemon(SocketsMixin, ControlMixin):
         return self._seq
 
     def _feed(self) -> None:
-        while self._queue:
-            seq, array = self._queue[0]
+        """Frames into the pipeline, round-robin between clients, while it has room for them."""
+        limit = self._fill_limit()
+        while self._admission.queued and self.pipeline.pending < limit:
+            client, seq, array = self._admission.next()
             try:
                 accepted = self.pipeline.submit(seq, array)
             except TunerdError as err:
-                self._queue.popleft()
+                self._admission.done(client)
                 self._reply_error(seq, protocol.INTERNAL, str(err))
                 continue
             if not accepted:
+                self._admission.put_back(client, seq, array)
                 return
-            self._queue.popleft()
+
+    def _fill_limit(self) -> int:
+        """Frames the pipeline may hold. With one client, max_in_flight; with several, what keeps it
+        full (FILL_PER_WORKER a stage worker): a frame taken in its turn waits behind the frames
+        already inside, and each one more there is one more period of waiting for every client."""
+        # NOTE: clients seen lately, not only those with frames in: a client sending one frame at a
+        # time has none in between, and the pipeline would fill up with the other's frames meanwhile
+        if len(self._seen) <= 1:
+            return self.cfg.max_in_flight
+        workers = sum(st.replicas for st in self.pipeline.config.stages)
+        return max(1, min(self.cfg.max_in_flight, FILL_PER_WORKER * workers))
+
+    def _retry_after_ms(self) -> int:
+        """How long until the daemon has room again: one frame's time at the recent answer rate."""
+        times = self._answered_at
+        if len(times) < 2 or times[-1] <= times[0]:
+            return RETRY_DEFAULT_MS
+        return max(1, min(RETRY_MAX_MS, round(1000 * (times[-1] - times[0]) / (len(times) - 1))))
+
+    def _reply_busy(self, seq: int, reason: str) -> None:
+        self._reply_error(seq, protocol.BUSY, reason, retry_after_ms=self._retry_after_ms())
 
     def _answer_outcome(self, o) -> None:
         req = self._requests.get(o.frame_id)
         if req is None:
             return
+        self._admission.done(req.identity)
+        self._answered_at.append(self.clock())
         if o.ok:
             self.frames_served += 1
             latency_s = self.clock() - req.t_recv
@@ -280,10 +319,10 @@ class Daemon(SocketsMixin, ControlMixin):
             self.frames_failed += 1
             self._reply_error(o.frame_id, protocol.WORKER_FAILED, o.error or "the frame failed")
 
-    def _reply_error(self, seq: int, code: str, message: str) -> None:
+    def _reply_error(self, seq: int, code: str, message: str, **extra) -> None:
         req = self._requests[seq]
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
-        req.reply = protocol.encode_reply_error(req.client_id, code, message)
+        req.reply = protocol.encode_reply_error(req.client_id, code, message, **extra)
         self._flush(req.identity)
 
     def _flush(self, identity: bytes) -> None:
@@ -365,6 +404,9 @@ class Daemon(SocketsMixin, ControlMixin):
 
     def _housekeeping(self) -> None:
         now = self.clock()
+        if now - self._last_seen_prune >= ACTIVE_CLIENT_S:
+            self._last_seen_prune = now
+            self._seen = {c: t for c, t in self._seen.items() if now - t < ACTIVE_CLIENT_S}
         if self.metrics_exchange is not None and self.metrics_exchange.wanted:
             t0 = time.perf_counter()
             snapshot = self.metrics_snapshot()
@@ -404,7 +446,8 @@ class Daemon(SocketsMixin, ControlMixin):
             return
         if fresh is not None:
             self.cfg.log_level = fresh.log_level
-            self.cfg.queue_depth = fresh.queue_depth
+            self.cfg.queue_depth = self._admission.queue_depth = fresh.queue_depth
+            self.cfg.max_client_frames = self._admission.client_cap = fresh.max_client_frames
             self.cfg.max_message_bytes = fresh.max_message_bytes
             self.frames.setsockopt(zmq.MAXMSGSIZE, fresh.max_message_bytes)
             logging.getLogger().setLevel(fresh.log_level.upper())
@@ -414,10 +457,9 @@ class Daemon(SocketsMixin, ControlMixin):
     def shutdown(self) -> None:
         """Stop admitting, let frames in flight finish, answer the rest with an error, persist, exit."""
         self.notify.stopping()
-        log.info("stopping: %d frames in flight, %d queued", self.pipeline.pending, len(self._queue))
+        log.info("stopping: %d frames in flight, %d queued", self.pipeline.pending, self._admission.queued)
         self._admitting = False
-        while self._queue:
-            seq, _ = self._queue.popleft()
+        for _, seq in self._admission.drain():
             self._reply_error(seq, protocol.SHUTTING_DOWN, "tunerd is shutting down")
         deadline = self.clock() + DRAIN_S
         while (self.pipeline.pending or self._held) and self.clock() < deadline:

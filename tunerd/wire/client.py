@@ -9,6 +9,7 @@ A Client (like the zmq socket under it) belongs to one thread; use one Client pe
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import os
@@ -118,6 +119,9 @@ class Client:
     ``dtype`` converts frames before sending (the models take float32; None sends as is);
     ``curve_server_key`` (z85 or certificate file) turns on CURVE, with ``curve_keypair``
     (public, secret) as this client's identity or a fresh one.
+    ``busy_retries``: a frame answered ``busy`` (the daemon full, or this client at its cap) is sent
+    again after the reply's ``retry_after_ms`` (10 ms without one, at most 1 s), up to this many
+    times; then its result is the busy error. 0: every busy reply is the frame's result.
     Results are read-only arrays over the received message (``.copy()`` one to write to it).
     A ``timeout`` argument left out (``...``) means the client's; None waits forever.
     """
@@ -125,9 +129,11 @@ class Client:
     def __init__(self, address: str | None = None, *, timeout: float | None = 10.0, max_in_flight: int = 64,
                  dtype: str | None = "float32", curve_server_key: str | bytes | None = None,
                  curve_keypair: tuple[bytes, bytes] | None = None, context: zmq.Context | None = None,
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, busy_retries: int = 3):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if busy_retries < 0:
+            raise ValueError(f"busy_retries must be >= 0, got {busy_retries}")
         self.address = address or os.environ.get(protocol.FRAMES_ENV) or protocol.DEFAULT_FRAMES_ADDRESS
         self.timeout = timeout
         self.max_in_flight = max_in_flight
@@ -136,6 +142,11 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, float] = {}   # id -> monotonic send time
         self._done: dict[int, Reply] = {}      # replies received, not yet collected
+        self.busy_retries = busy_retries
+        self.retried = 0                        # frames sent again after a busy reply, in all
+        self._sent: dict[int, list] = {}        # id -> its request frames, while it may be sent again
+        self._tries: dict[int, int] = {}        # id -> busy retries used
+        self._resend: list[tuple[float, int]] = []   # (when, id): a heap of retries due
         self._sock = _dealer(context or zmq.Context.instance(), self.address, curve_server_key, curve_keypair)
         self._sock.connect(self.address)
 
@@ -152,6 +163,12 @@ class Client:
             self._sock.close(linger=0)
         self._pending.clear()
         self._done.clear()
+        self._forget_retries()
+
+    def _forget_retries(self) -> None:
+        self._sent.clear()
+        self._tries.clear()
+        self._resend.clear()
 
     @property
     def in_flight(self) -> int:
@@ -171,6 +188,7 @@ class Client:
             return self.result(id, timeout=timeout)
         except ClientTimeout:
             self._pending.pop(id, None)   # a late reply to it will be dropped
+            self._sent.pop(id, None)
             raise
 
     # pipelined
@@ -192,6 +210,8 @@ class Client:
         except zmq.Again as err:
             raise ClientTimeout(f"could not send to {self.address} within {timeout:g} s") from err
         self._pending[id] = time.monotonic()
+        if self.busy_retries:
+            self._sent[id] = frames
         return id
 
     def result(self, id: int, *, timeout: float | None = ...) -> np.ndarray:
@@ -246,11 +266,44 @@ class Client:
         """Forget every frame in flight (their late replies are dropped); returns how many."""
         count = len(self._pending)
         self._pending.clear()
+        self._forget_retries()
         return count
+
+    def _send_due_retries(self) -> float | None:
+        """Send the retries that are due; seconds until the next one (None: none waiting)."""
+        now = time.monotonic()
+        while self._resend and self._resend[0][0] <= now:
+            _, id = heapq.heappop(self._resend)
+            frames = self._sent.get(id)
+            if frames is None or id not in self._pending:
+                continue                          # given up on meanwhile (timeout, abandon)
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                heapq.heappush(self._resend, (now + 0.001, id))
+                break
+            self.retried += 1
+        return max(0.0, self._resend[0][0] - now) if self._resend else None
+
+    def _retry_busy(self, id: int, reply: Reply) -> bool:
+        """Schedule frame ``id`` again if ``reply`` is busy and it has retries left."""
+        if reply.ok or reply.error_code != protocol.BUSY or id not in self._sent:
+            return False
+        used = self._tries.get(id, 0)
+        if used >= self.busy_retries:
+            return False
+        self._tries[id] = used + 1
+        wait_ms = reply.retry_after_ms if reply.retry_after_ms is not None else 10
+        heapq.heappush(self._resend, (time.monotonic() + min(wait_ms, 1000) / 1000, id))
+        return True
 
     def _receive(self, timeout: float | None) -> Reply | None:
         """Wait up to timeout for one reply and file it under _done; None when none came (or it
-        belonged to no frame in flight)."""
+        belonged to no frame in flight, or was a busy reply whose frame goes again)."""
+        if self._resend:
+            due = self._send_due_retries()
+            if due is not None:
+                timeout = due if timeout is None else min(timeout, due)
         if not self._sock.poll(_ms(timeout) if timeout is not None else None, zmq.POLLIN):
             return None
         frames = self._sock.recv_multipart(copy=False)
@@ -264,7 +317,11 @@ class Client:
         if id not in self._pending:
             log.debug("dropping a reply to frame %s, which is not in flight", id)
             return None
+        if self._retry_busy(id, reply):
+            return None
         del self._pending[id]
+        self._sent.pop(id, None)
+        self._tries.pop(id, None)
         self._done[id] = reply
         return reply
 

@@ -68,6 +68,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+MAX_RETRY_AFTER_MS = 60_000     # a busy reply's retry hint beyond this is not believed
 
 # --- error codes, grouped by kind -----------------------------------------------------------------
 # The request was malformed: the client must fix it; retrying the same bytes fails the same way.
@@ -280,9 +281,13 @@ def encode_reply_ok(id: int, array: np.ndarray, epoch: int, latency_us: int) -> 
     return [header, payload]
 
 
-def encode_reply_error(id: int | None, code: str, message: str) -> list:
-    """[header] of an error reply; id is None when the request's id could not be read."""
-    return [_pack({"id": id, "ok": False, "error": {"code": str(code), "message": str(message)}})]
+def encode_reply_error(id: int | None, code: str, message: str, *, retry_after_ms: int | None = None) -> list:
+    """[header] of an error reply; id is None when the request's id could not be read;
+    ``retry_after_ms``: when a retry has a chance (busy)."""
+    error = {"code": str(code), "message": str(message)}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = int(retry_after_ms)
+    return [_pack({"id": id, "ok": False, "error": error})]
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,7 @@ class Reply:
     latency_us: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    retry_after_ms: int | None = None      # busy: when the server expects room again
 
 
 def decode_reply(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> Reply:
@@ -311,8 +317,10 @@ def decode_reply(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> R
         error = header.get("error")
         if not isinstance(error, dict):
             raise ProtocolError(BAD_HEADER, "error reply has no 'error' map", id)
+        retry = error.get("retry_after_ms")
         return Reply(id, False, error_code=str(error.get("code", INTERNAL)),
-                     error_message=str(error.get("message", "")))
+                     error_message=str(error.get("message", "")),
+                     retry_after_ms=retry if _is_int(retry) and 0 <= retry <= MAX_RETRY_AFTER_MS else None)
     if len(frames) != 2:
         raise ProtocolError(BAD_FRAMES, "a successful reply is 2 frames", id)
     shape = _shape(header.get("shape"), limits, id)
