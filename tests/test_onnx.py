@@ -53,17 +53,29 @@ def test_corrupt_and_truncated_onnx(tmp_path):
         tunerd.load_model(junk)
 
 
-def test_unsupported_op_in_onnx_names_op_and_node(tmp_path):
+def test_an_op_without_a_numpy_kernel_runs_on_onnxruntime_and_numpy_refuses_it(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["h"], name="r"),
-                           helper.make_node("Erf", ["h"], ["y"], name="the_erf")], "g",
+                           helper.make_node("Selu", ["h"], ["y"], name="the_selu")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
-    path = tmp_path / "erf.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    with pytest.raises(UnsupportedOpError, match="'Erf' in node 'the_erf'"):
-        tunerd.load_model(path)
+    path = tmp_path / "selu.onnx"
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    model = tunerd.load_model(path, backend="onnxruntime")
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    assert rel_err(model.run(x), ort_run(path, x)) <= 1e-6
+    with pytest.raises(UnsupportedOpError, match="'Selu' in node 'the_selu'.*use the onnxruntime backend"):
+        tunerd.load_model(path, backend="numpy")
+    from tunerd.commands.cli import main
+    assert main(["model", "inspect", str(path), "--json"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert info["onnxruntime_only"] == ["the_selu"]
+    assert main(["model", "inspect", str(path)]) == 0
+    assert "the_selu (Selu)" in capsys.readouterr().out
 
 
 def test_dynamic_flatten_idiom_and_opset7(tmp_path):

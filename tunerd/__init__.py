@@ -22,6 +22,7 @@ def load_model(source, *, input_size=None, backend=None):
     from .model.loader import load_model as _load
     chosen, why = resolve(backend)
     model = _load(source, input_size=input_size)
+    chosen.check(model)      # NOTE: numpy refuses here a model with ops only onnxruntime runs
     logging.getLogger(__name__).info("%s: %s", model.name, why)
     return model.use_backend(chosen)
 

@@ -102,6 +102,9 @@ class Backend(ABC):
         sessions of ranges not running now), or None for no bound (runners that copy nothing)."""
         return None
 
+    def check(self, model) -> None:
+        """Raise a ModelError when this backend cannot run ``model`` at all (called at load)."""
+
     @abstractmethod
     def compile(self, model, first_unit: int = 0, last_unit: int | None = None,
                 threads: int = 1) -> StageRunner:

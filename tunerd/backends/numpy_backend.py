@@ -42,6 +42,12 @@ class NumpyBackend(Backend):
     def describe(self) -> str:
         return f"numpy {np.__version__} (tunerd kernels)"
 
+    def check(self, model) -> None:
+        """Refuse a model holding a node no numpy kernel runs (UnsupportedOpError: op, node, and
+        "use the onnxruntime backend")."""
+        from ..model.ops import check_numpy
+        check_numpy(model.graph.nodes, model.graph.weights)
+
     def compile(self, model, first_unit: int = 0, last_unit: int | None = None,
                 threads: int = 1) -> NumpyRunner:
         last_unit = len(model.units) - 1 if last_unit is None else last_unit

@@ -76,7 +76,10 @@ class Export:
         initializers = []
         for name in sorted(inits):
             if name in self.weights:
-                initializers.append(numpy_helper.from_array(np.ascontiguousarray(self.weights[name]), name=name))
+                w = self.weights[name]
+                # NOTE: a 0-d constant (a scalar index) as it is: ascontiguousarray would make it 1-d
+                initializers.append(numpy_helper.from_array(np.ascontiguousarray(w) if w.ndim else np.asarray(w),
+                                                            name=name))
             else:
                 initializers.append(self.small[name])
         graph = helper.make_graph(

@@ -1,8 +1,9 @@
 """The model IR: nodes in topological order over named tensors (NCHW float32).
 
-Node semantics are ONNX's, normalised at import: constants that ONNX passes as inputs (Reshape's
-shape, Clip's bounds, Unsqueeze's axes) are attributes here, and weights are named entries of
-``Graph.weights`` referenced by name from ``Node.inputs``.
+Node semantics are ONNX's (of ``Graph.opset``), normalised at import: constants that ONNX passes as
+inputs to Reshape, Clip, Squeeze and Unsqueeze are attributes here; other ops keep their ONNX form,
+their constant inputs (axes, pads, scales) named entries of ``Graph.weights`` like the weights, which
+``Node.inputs`` reference by name.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class Graph:
     output_name: str
     nodes: list[Node]
     weights: dict[str, np.ndarray]
+    # the ONNX opset the nodes' semantics are those of (13 for the zoo); the export writes it
+    opset: int = 13
 
     def producers(self) -> dict[str, int]:
         """Tensor name -> index of the node producing it."""
@@ -68,7 +71,9 @@ class Graph:
     def structure_dict(self) -> dict:
         return {"name": self.name, "input_name": self.input_name, "input_shape": list(self.input_shape),
                 "output_name": self.output_name, "nodes": [n.to_dict() for n in self.nodes],
-                "weights": {k: [list(v.shape), str(v.dtype)] for k, v in self.weights.items()}}
+                "weights": {k: [list(v.shape), str(v.dtype)] for k, v in self.weights.items()},
+                # NOTE: only when not 13, so the identity (content_hash) of earlier models stays
+                **({"opset": self.opset} if self.opset != 13 else {})}
 
     def content_hash(self) -> str:
         """sha256 over the structure and every weight's bytes: the model's identity."""

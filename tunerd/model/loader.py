@@ -144,7 +144,7 @@ class Model:
         g = meta["graph"]
         weights = open_weights(directory / WEIGHTS_FILE)
         graph = Graph(g["name"], g["input_name"], tuple(g["input_shape"]), g["output_name"],
-                      [Node.from_dict(n) for n in g["nodes"]], weights)
+                      [Node.from_dict(n) for n in g["nodes"]], weights, opset=int(g.get("opset", 13)))
         return cls(graph, path=directory, source=meta.get("source"), content_hash=meta.get("hash"))
 
 

@@ -1,9 +1,14 @@
 """ONNX import and export (the ``onnx`` extra).
 
-Import normalises a graph to the IR: initializers become weights (also in old-style graphs that list
-them as graph inputs), constant inputs of Reshape/Clip/Unsqueeze/Squeeze become attributes, Softmax
-gets its opset's axis semantics, and ``Shape`` of a tensor whose shape is known folds to a constant.
-Export writes opset 13 that onnxruntime runs, re-expanding fused activations into their own nodes.
+Import (after tunerd.model.onnx_read has read and checked the file) normalises a graph to the IR:
+initializers become weights (also in old-style graphs that list them as graph inputs), every node
+whose inputs are all constant is evaluated once by onnx's reference evaluator and becomes a weight
+(shape arithmetic included: ``Shape`` of a tensor of known shape folds first), constant inputs of
+Reshape/Clip/Unsqueeze/Squeeze become attributes, Softmax gets its opset's axis semantics, and the
+load-time expansions of tunerd.model.passes (Split into Slices) apply. Any other standard op stays a
+node in its ONNX form: the ops tunerd has no numpy kernel for run on the onnxruntime backend.
+Export writes the graph's opset (13, or the source's if newer) that onnxruntime runs, re-expanding
+fused activations into their own nodes.
 """
 from __future__ import annotations
 
@@ -12,11 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops
+from . import onnx_eval, ops, passes
 from ..errors import ModelError, UnsupportedOpError
 from .graph import Graph, Node, fresh_name
+from .onnx_form_ops import ONNX_FORM_OPS
+from .onnx_read import MAX_MODEL_BYTES, check_nodes, input_dims, read_model
 
 EXPORT_OPSET = 13
+# ops whose IR form is tunerd's own (attributes normalised at import, whatever the source opset);
+# the export writes them in any opset from 13 on. The others keep the ONNX form of their opset.
+NORMALISED_OPS = frozenset(ops.OPS) - frozenset(ONNX_FORM_OPS)
 
 
 def _require_onnx():
@@ -40,13 +50,11 @@ def _attr_value(attr, numpy_helper):
     return value
 
 
-def import_onnx(path: str | os.PathLike, *, input_size: int | None = None) -> Graph:
+def import_onnx(path: str | os.PathLike, *, input_size: int | None = None,
+                max_bytes: int = MAX_MODEL_BYTES) -> Graph:
     onnx, numpy_helper = _require_onnx()
     path = Path(path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:  # protobuf raises its own DecodeError types
-        raise ModelError(f"cannot read ONNX model {path}: {type(err).__name__}: {err}") from err
+    model = read_model(path, max_bytes)
     g = model.graph
     if not g.node:
         raise ModelError(f"ONNX model {path} has no nodes (corrupt or truncated file?)")
@@ -55,6 +63,12 @@ def import_onnx(path: str | os.PathLike, *, input_size: int | None = None) -> Gr
         raise ModelError(f"ONNX model {path} declares no default-domain opset")
     if opset < 7:
         raise ModelError(f"ONNX model {path} uses opset {opset}; tunerd imports opset 7 and newer")
+    names = _node_names(g.node, path)
+    check_nodes(g, names, path)
+    if opset < EXPORT_OPSET and _needs_conversion(g, opset):
+        model, opset = _convert(model, path), EXPORT_OPSET
+        g = model.graph
+        names = _node_names(g.node, path)
 
     weights = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in weights]
@@ -63,29 +77,88 @@ def import_onnx(path: str | os.PathLike, *, input_size: int | None = None) -> Gr
     if len(g.output) != 1:
         raise ModelError(f"ONNX model {path} must have exactly one output, has {len(g.output)}")
     inp = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
-    if len(dims) != 4:
-        raise ModelError(f"input {inp.name!r} of {path} has rank {len(dims)}; tunerd runs NCHW image models")
     elem = inp.type.tensor_type.elem_type
     if elem not in (0, onnx.TensorProto.FLOAT):
         raise ModelError(f"input {inp.name!r} of {path} is {onnx.TensorProto.DataType.Name(elem)}, not float32")
-    dims[0] = 1
-    if input_size is not None:
-        dims[2] = dims[3] = int(input_size)
-
-    nodes = []
-    for n, name in zip(g.node, _node_names(g.node, path)):
-        if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"unsupported op {n.domain}.{n.op_type} in node {name!r}")
-        attrs = {a.name: _attr_value(a, numpy_helper) for a in n.attribute}
-        nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs))
-    graph = Graph(g.name or path.stem, inp.name, tuple(dims), g.output[0].name, nodes,
-                  {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in weights.items()})
-    _fold_shapes(graph, opset)
-    for node in graph.nodes:
-        if node.op not in ops.OPS and node.op not in ("Constant", "ConstantOfShape", "Shape", "Gather", "Cast"):
-            ops.spec(node)  # raises UnsupportedOpError naming op and node
+    dims = input_dims(inp, input_size, path)
+    weights = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in weights.items()}
+    graph = Graph(g.name or path.stem, inp.name, dims, g.output[0].name, [], weights,
+                  opset=max(opset, EXPORT_OPSET))
+    graph.nodes = _fold_and_type(g.node, names, graph, opset)
     return graph
+
+
+def _needs_conversion(g, opset: int) -> bool:
+    """Whether an old-opset graph holds ops that tunerd keeps in their ONNX form and whose form
+    changed by the export opset (they must then be converted for the export to run them)."""
+    from onnx import defs
+    for n in g.node:
+        if n.op_type in NORMALISED_OPS:
+            continue
+        if defs.get_schema(n.op_type, opset).since_version != defs.get_schema(n.op_type, EXPORT_OPSET).since_version:
+            return True
+    return False
+
+
+def _convert(model, path):
+    from onnx import version_converter
+    try:
+        return version_converter.convert_version(model, EXPORT_OPSET)
+    except Exception as err:  # noqa: BLE001 - the converter raises RuntimeError and its own types
+        raise ModelError(f"ONNX model {path}: cannot convert it to opset {EXPORT_OPSET}: {err}") from err
+
+
+def _fold_and_type(protos, names, graph: Graph, opset: int) -> list[Node]:
+    """The IR nodes of the ONNX nodes: each normalised and typed in order; a node whose inputs are
+    all constant is evaluated once (onnx.reference) and becomes a weight, and ``Shape``/``Size`` of
+    a tensor of known shape fold, so the shape arithmetic exporters write becomes static."""
+    _, numpy_helper = _require_onnx()
+    weights = graph.weights
+    types = {k: (onnx_eval.elem_type(v.dtype), tuple(v.shape)) for k, v in weights.items()}
+    types[graph.input_name] = (onnx_eval.FLOAT, tuple(graph.input_shape))
+    nodes = []
+    for proto, name in zip(protos, names):
+        inputs = [i for i in proto.input if i]
+        if all(i in weights for i in inputs):
+            if graph.output_name in proto.output:
+                raise ModelError(f"node {name!r} ({proto.op_type}): the graph's output is a constant")
+            proto = _named(proto, name)
+            for out, value in zip(proto.output, onnx_eval.evaluate(proto, weights, opset)):
+                if out:
+                    weights[out] = value.astype(np.float32) if value.dtype == np.float64 else value
+                    types[out] = (onnx_eval.elem_type(weights[out].dtype), tuple(weights[out].shape))
+            continue
+        if proto.op_type in ("Shape", "Size"):
+            shape = types[inputs[0]][1]
+            a = {x.name: x.i for x in proto.attribute}
+            # NOTE: Python slicing is ONNX's start/end rule (negatives from the end, clamped)
+            value = np.array(shape[a.get("start", 0):a.get("end")], dtype=np.int64) if proto.op_type == "Shape" \
+                else np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+            weights[proto.output[0]] = value
+            types[proto.output[0]] = (onnx_eval.elem_type(np.int64), tuple(value.shape))
+            continue
+        attrs = {a.name: _attr_value(a, numpy_helper) for a in proto.attribute}
+        node = _normalise(Node(name, proto.op_type, list(proto.input), list(proto.output), attrs), opset, weights)
+        for ir_node in passes.expand(node, types, weights, opset):
+            for out, t in zip(ir_node.outputs, passes.node_types(ir_node, types, weights, opset)):
+                if out:
+                    types[out] = t
+            if types[ir_node.outputs[0]][0] != onnx_eval.FLOAT:
+                raise UnsupportedOpError(f"node {ir_node.name!r} ({ir_node.op}) makes a tensor of ONNX type "
+                                         f"{types[ir_node.outputs[0]][0]}, not float32, from activations; tunerd's "
+                                         f"activations are float32")
+            nodes.append(ir_node)
+    return nodes
+
+
+def _named(proto, name: str):
+    if proto.name == name:
+        return proto
+    from onnx import NodeProto
+    copy = NodeProto()
+    copy.CopyFrom(proto)
+    copy.name = name
+    return copy
 
 
 def _node_names(nodes, path) -> list[str]:
@@ -161,56 +234,10 @@ def _normalise(node: Node, opset: int, weights: dict) -> Node:
     return node
 
 
-def _fold_shapes(graph: Graph, opset: int) -> None:
-    """Normalise each node, then fold Constant, Shape (and Gather/Cast/Unsqueeze/Concat of constants
-    after it) using inferred shapes, so exporters' dynamic flatten idioms (Shape -> Gather -> Concat
-    -> Reshape) become static."""
-    from .passes import _const_eval
-    shapes = {k: tuple(v.shape) for k, v in graph.weights.items()}
-    shapes[graph.input_name] = tuple(graph.input_shape)
-    kept = []
-    for node in graph.nodes:
-        # NOTE: normalised here, in order, so constant inputs made by earlier Constant/Shape nodes are known
-        _normalise(node, opset, graph.weights)
-        inputs = [i for i in node.inputs if i]
-        if node.op == "Shape" and inputs[0] in shapes:
-            # NOTE: Python slicing is ONNX's start/end rule (negatives from the end, clamped)
-            start, end = node.attrs.get("start", 0), node.attrs.get("end")
-            graph.weights[node.outputs[0]] = np.array(shapes[inputs[0]][start:end], dtype=np.int64)
-        elif node.op in ("Constant", "ConstantOfShape") or (inputs and all(i in graph.weights for i in inputs)
-                                                            and node.op not in ops.HEAVY_OPS):
-            args = [graph.weights[i] for i in inputs]
-            if node.op == "Gather":
-                value = np.take(args[0], args[1].astype(np.int64), axis=int(node.attrs.get("axis", 0)))
-            elif node.op == "Cast":
-                value = args[0]
-            else:
-                value = _const_eval(node, args)
-            graph.weights[node.outputs[0]] = np.asarray(value)
-        else:
-            if node.op == "Reshape" and "shape" not in node.attrs:
-                if len(node.inputs) > 1 and node.inputs[1] in graph.weights:
-                    node.attrs["shape"] = [int(v) for v in graph.weights[node.inputs[1]]]
-                    node.inputs = node.inputs[:1]
-                else:
-                    raise UnsupportedOpError(f"node {node.name!r} (Reshape): target shape is not a constant")
-            kept.append(node)
-            if node.op in ops.OPS and all(i in shapes for i in inputs):
-                try:
-                    outs = ops.OPS[node.op].infer(node, [shapes[i] for i in inputs])
-                    shapes[node.outputs[0]] = tuple(outs[0])
-                except Exception:  # noqa: BLE001 - shape errors are reported later with context
-                    pass
-        for out in node.outputs[:1]:
-            if out in graph.weights:
-                shapes[out] = tuple(graph.weights[out].shape)
-    graph.nodes = kept
-
-
 # ---------------------------------------------------------------- export
 
 def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_weights: bool = True):
-    """Write the (optimised) graph as an opset-13 ONNX model; returns the ModelProto.
+    """Write the (optimised) graph as an ONNX model of its opset (13 or newer); returns the ModelProto.
 
     ``with_weights=False`` leaves the graph's weights out of the initializers (the constants the
     export itself adds stay): the skeleton tunerd.backends.subgraph cuts stages from, made without
@@ -220,7 +247,10 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
 
     from .passes import infer_shapes
     shapes = infer_shapes(graph)
-    inits = [numpy_helper.from_array(np.ascontiguousarray(v), name=k) for k, v in graph.weights.items()] \
+    opset = max(EXPORT_OPSET, graph.opset)
+    # NOTE: a 0-d constant (a scalar index) as it is: ascontiguousarray would make it 1-d
+    inits = [numpy_helper.from_array(np.ascontiguousarray(v) if v.ndim else np.asarray(v), name=k)
+             for k, v in graph.weights.items()] \
         if with_weights else []
     out_nodes = []
     # NOTE: tensors and nodes are separate namespaces; added ones take names not used yet in theirs
@@ -241,9 +271,9 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
         return name
 
     for node in graph.nodes:
-        a = {k: v for k, v in node.attrs.items() if k not in ("activation", "coerce_2d")}
+        a = {k: v for k, v in node.attrs.items() if k not in onnx_eval.INTERNAL_ATTRS}
         inputs, outputs = list(node.inputs), list(node.outputs)
-        act = node.attrs.get("activation")
+        act = node.attrs.get("activation") or ("times_input" if node.attrs.get("times_input") else None)
         name = fresh(node.name, node_names)
         pre_act = tensor(f"{outputs[0]}__pre_act") if act else outputs[0]
         out, post = pre_act, []
@@ -268,8 +298,9 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
                                              name=fresh(f"{name}__unflatten", node_names)))
         elif node.op == "Dropout":
             a = {}
-        _drop_newer_attrs(node, a, onnx)
-        out_nodes.append(helper.make_node(node.op, inputs, [out], name=name, **a))
+        _drop_newer_attrs(node, a, onnx, opset)
+        extra = outputs[1:] if node.op not in ops.OPS else []
+        out_nodes.append(onnx_eval.to_proto(node, name=name, inputs=inputs, outputs=[out] + extra, attrs=a))
         out_nodes += post
         if act == "relu":
             out_nodes.append(helper.make_node("Relu", [pre_act], outputs[:1],
@@ -279,6 +310,9 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
             hi = const(f"{outputs[0]}__hi", np.float32(6.0))
             out_nodes.append(helper.make_node("Clip", [pre_act, lo, hi], outputs[:1],
                                               name=fresh(f"{name}__relu6", node_names)))
+        elif act == "times_input":       # a fused SiLU: x * sigmoid(x)
+            out_nodes.append(helper.make_node("Mul", [inputs[0], pre_act], outputs[:1],
+                                              name=fresh(f"{name}__silu", node_names)))
 
     # NOTE: without the weights, they are declared as graph inputs of their shape and dtype, so that
     # the skeleton is still a valid model
@@ -291,7 +325,7 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
         + weight_inputs,
         [helper.make_tensor_value_info(graph.output_name, TensorProto.FLOAT, list(shapes[graph.output_name]))],
         initializer=inits)
-    model = helper.make_model(g, producer_name="tunerd", opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
+    model = helper.make_model(g, producer_name="tunerd", opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)
     try:
         onnx.checker.check_model(model)
@@ -305,14 +339,14 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *, with_wei
     return model
 
 
-def _drop_newer_attrs(node: Node, attrs: dict, onnx) -> None:
-    """Drop attributes that opset 13 lacks when they change nothing; raise when they would."""
-    known = onnx.defs.get_schema(node.op, EXPORT_OPSET).attributes
+def _drop_newer_attrs(node: Node, attrs: dict, onnx, opset: int) -> None:
+    """Drop attributes that the export's opset lacks when they change nothing; raise when they would."""
+    known = onnx.defs.get_schema(node.op, opset).attributes
     for key in [k for k in attrs if k not in known]:
         value = attrs.pop(key)
         if key == "allowzero" and (not value or 0 not in node.attrs.get("shape", ())):
             continue
         if key == "dilations" and all(int(d) == 1 for d in value):
             continue
-        raise ModelError(f"node {node.name!r} ({node.op}): attribute {key}={value!r} has no opset-{EXPORT_OPSET} "
+        raise ModelError(f"node {node.name!r} ({node.op}): attribute {key}={value!r} has no opset-{opset} "
                          f"equivalent, cannot export")

@@ -1,5 +1,7 @@
 """What tunerd knows about each operator: output shapes, FLOPs, cost-model kind, and how to bind it
-to a kernel call. One table (``OPS``) is the whole list of supported ops.
+to a kernel call. One table (``OPS``) is the whole list of ops with a numpy kernel (those that keep
+their ONNX form come from tunerd.model.onnx_form_ops); any other standard op is still a node of the
+graph, shaped by onnx, costed as memory-bound, and run by the onnxruntime backend only.
 
 A bound step is a closure ``step(bufs)`` over a list of arrays indexed by tensor slot: it reads its
 inputs from ``bufs`` and writes its output into the preallocated ``bufs[out]`` (view ops instead
@@ -7,33 +9,19 @@ store a view). Weights are bound as constants.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import kernels as K
 from ..errors import ModelError, UnsupportedOpError
+from .binding import Binding, OpSpec, Shape
+from .flops import VIEW_OPS  # noqa: F401 - ops whose output is a view of their input (plan, passes)
 from .graph import Node
+from .onnx_form_ops import ONNX_FORM_OPS, numpy_reason as _form_reason
 
-Shape = tuple[int, ...]
-
-# Ops whose output is a view of their input (no compute, no buffer of their own).
-VIEW_OPS = frozenset({"Flatten", "Reshape", "Unsqueeze", "Squeeze", "Dropout", "Identity"})
 # Ops that carry the bulk of a CNN's work; a unit holds at least one of them.
 HEAVY_OPS = frozenset({"Conv", "Gemm", "MatMul"})
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What a step needs at bind time."""
-    node: Node
-    in_slots: list[int]          # slot per activation input (weights are not slots)
-    out_slot: int
-    weights: list[np.ndarray | None]  # per node input: the constant array, or None for an activation
-    in_shapes: list[Shape]
-    out_shape: Shape
-    workspace: np.ndarray | None
 
 
 def _ints(v, n=2) -> tuple[int, ...]:
@@ -128,7 +116,10 @@ def _broadcast_to(a: Shape, b: Shape) -> Shape | None:
 
 
 def _infer_matmul(node, s):
-    return [np.matmul(np.empty(s[0], np.float32), np.empty(s[1], np.float32)).shape]
+    try:
+        return [K.matmul_shape(tuple(s[0]), tuple(s[1]))]
+    except ValueError as err:
+        raise ModelError(f"node {node.name!r} (MatMul): {err}") from err
 
 
 def _infer_broadcast(node, s):
@@ -267,6 +258,11 @@ def _bind_unary(fn: Callable, **kw):
     return bind
 
 
+def _bind_sigmoid(b: Binding):
+    """Sigmoid, or x * sigmoid(x) where passes.fuse_silu folded the Mul in (``times_input``)."""
+    return _bind_unary(K.silu if b.node.attrs.get("times_input") else K.sigmoid)(b)
+
+
 def _bind_gemm(b: Binding):
     node, o = b.node, b.out_slot
     a = node.attrs
@@ -386,43 +382,6 @@ def _bind_clip(b: Binding):
     return step
 
 
-# ---------------------------------------------------------------- FLOPs (multiply-add = 2)
-
-def node_flops(node: Node, in_shapes: list[Shape], out_shape: Shape) -> int:
-    out = int(np.prod(out_shape, dtype=np.int64))
-    op = node.op
-    if op == "Conv":
-        w = in_shapes[1]
-        per_out = 2 * int(np.prod(w[1:], dtype=np.int64))
-        return out * per_out + (out if len(node.inputs) > 2 and node.inputs[2] else 0)
-    if op == "Gemm":
-        k = in_shapes[0][0] if node.attrs.get("transA", 0) else in_shapes[0][1]
-        return 2 * out * k + (out if len(node.inputs) > 2 and node.inputs[2] else 0)
-    if op == "MatMul":
-        return 2 * out * in_shapes[0][-1]
-    if op in ("MaxPool", "AveragePool"):
-        return out * int(np.prod(node.attrs["kernel_shape"]))
-    if op in ("GlobalAveragePool", "GlobalMaxPool"):
-        return int(np.prod(in_shapes[0], dtype=np.int64))
-    if op == "LRN":
-        return out * (2 * int(node.attrs["size"]) + 4)
-    if op in ("Softmax", "LogSoftmax"):
-        return 4 * out
-    if op == "BatchNormalization":
-        return 2 * out
-    if op in VIEW_OPS:
-        return 0
-    return out
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    infer: Callable[[Node, list[Shape]], list[Shape]]
-    bind: Callable[[Binding], Callable[[list], None]]
-    kind: str   # cost-model category
-    const_inputs: tuple[int, ...] = ()   # inputs the kernel binds as constants (weights)
-
-
 OPS: dict[str, OpSpec] = {
     "Conv": OpSpec(_infer_conv, _bind_conv, "conv", const_inputs=(1, 2)),
     "MaxPool": OpSpec(_infer_pool, _bind_pool, "pool"),
@@ -439,7 +398,7 @@ OPS: dict[str, OpSpec] = {
     "Sum": OpSpec(_infer_broadcast, _bind_sum, "elementwise"),
     "Relu": OpSpec(_same, _bind_unary(K.relu), "elementwise"),
     "Clip": OpSpec(_same, _bind_clip, "elementwise"),
-    "Sigmoid": OpSpec(_same, _bind_unary(K.sigmoid), "elementwise"),
+    "Sigmoid": OpSpec(_same, _bind_sigmoid, "elementwise"),
     "Softmax": OpSpec(_infer_softmax, _bind_softmax(K.softmax), "elementwise"),
     "LogSoftmax": OpSpec(_infer_softmax, _bind_softmax(K.log_softmax), "elementwise"),
     "Transpose": OpSpec(_infer_transpose, _bind_transpose, "memory"),
@@ -449,15 +408,48 @@ OPS: dict[str, OpSpec] = {
     "Squeeze": OpSpec(_infer_squeeze, _bind_view, "view"),
     "Dropout": OpSpec(_same, _bind_view, "view"),
     "Identity": OpSpec(_same, _bind_view, "view"),
+    **ONNX_FORM_OPS,
 }
+# what an op without a numpy kernel is costed as: it runs on the onnxruntime backend only
+ORT_ONLY_KIND = "memory"
+ORT_ONLY_HINT = "use the onnxruntime backend"
+
+
+def has_kernel(op: str) -> bool:
+    """Whether the numpy backend runs ``op`` (every other standard op runs on onnxruntime only)."""
+    return op in OPS
+
+
+def numpy_reason(node: Node, weights: dict) -> str | None:
+    """Why the numpy backend cannot run ``node`` (one line naming op and node), or None if it can."""
+    if node.op not in OPS:
+        return f"unsupported op {node.op!r} in node {node.name!r}: the numpy backend has no kernel for it"
+    why = _form_reason(node, weights)
+    return None if why is None else f"op {node.op!r} in node {node.name!r}: {why}, which the numpy backend lacks"
+
+
+def check_numpy(nodes, weights: dict) -> None:
+    """An UnsupportedOpError for the first node the numpy backend cannot run."""
+    for node in nodes:
+        why = numpy_reason(node, weights)
+        if why is not None:
+            raise UnsupportedOpError(f"{why}; {ORT_ONLY_HINT}")
+
+
+def kind(op: str) -> str:
+    """The op's cost-model category (ops without a numpy kernel are memory-bound)."""
+    spec_ = OPS.get(op)
+    return spec_.kind if spec_ is not None else ORT_ONLY_KIND
 
 
 def spec(node: Node) -> OpSpec:
+    """The op's numpy spec; an op without one is an UnsupportedOpError naming op and node."""
     try:
         return OPS[node.op]
     except KeyError:
         raise UnsupportedOpError(
-            f"unsupported op {node.op!r} in node {node.name!r}; supported: {', '.join(sorted(OPS))}") from None
+            f"unsupported op {node.op!r} in node {node.name!r}: the numpy backend has no kernel for it; "
+            f"{ORT_ONLY_HINT}") from None
 
 
 def workspace_size(node: Node, in_shapes: list[Shape]) -> int:

@@ -26,6 +26,7 @@ class ExecutionPlan:
                  unit_ends: list[int] | None = None):
         last = len(graph.nodes) - 1 if last is None else last
         nodes = graph.nodes[first:last + 1]
+        ops.check_numpy(nodes, graph.weights)
         self.input_name = input_name or graph.input_name
         self.output_name = output_name or nodes[-1].outputs[0]
         self.input_shape = shapes[self.input_name]

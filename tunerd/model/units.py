@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
+from .flops import node_flops
 from .graph import Graph
 
 FLOAT_BYTES = 4
@@ -71,8 +72,8 @@ def layer_infos(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> list[LayerI
         all_shapes = [shapes[i] for i in in_names]
         wbytes = sum(graph.weights[i].nbytes for i in in_names if i in graph.weights)
         out = shapes[node.outputs[0]]
-        infos.append(LayerInfo(node.name, node.op, ops.OPS[node.op].kind,
-                               int(ops.node_flops(node, all_shapes, out)), act_shapes, out, int(wbytes),
+        infos.append(LayerInfo(node.name, node.op, ops.kind(node.op),
+                               int(node_flops(node, all_shapes, out)), act_shapes, out, int(wbytes),
                                ops.describe_attrs(node)))
     return infos
 

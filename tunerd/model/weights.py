@@ -28,7 +28,8 @@ def write_weights(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> No
     """Write atomically (temp file + rename), so a reader never sees a half-written file."""
     entries, offset = {}, 0
     for name in sorted(weights):
-        arr = np.ascontiguousarray(weights[name])
+        # NOTE: ascontiguousarray makes a 0-d array 1-d; a scalar constant (Gather's index) keeps its rank
+        arr = np.ascontiguousarray(weights[name]).reshape(np.shape(weights[name]))
         entries[name] = [offset, list(arr.shape), arr.dtype.str]
         offset = _aligned(offset + arr.nbytes)
     header = json.dumps(entries).encode()
