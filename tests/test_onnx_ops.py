@@ -202,13 +202,42 @@ def test_a_node_whose_constant_is_computed_at_run_time_runs_on_onnxruntime_only(
         tunerd.load_model(path, backend="onnxruntime")  # a data-dependent shape has no static plan
 
 
-def test_resize_runs_on_onnxruntime_and_the_numpy_backend_refuses_it_naming_it(tmp_path):
-    nodes = [n("Resize", ["x", "", "sc"], ["y"], mode="nearest", name="upsample")]
+RESIZE = {
+    "nearest_x2": dict(mode="nearest"),
+    "nearest_asymmetric_floor": dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+    "nearest_round_prefer_ceil": dict(mode="nearest", nearest_mode="round_prefer_ceil"),
+    "linear_half_pixel": dict(mode="linear"),
+    "linear_align_corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
+    "linear_pytorch_half_pixel": dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    "linear_asymmetric": dict(mode="linear", coordinate_transformation_mode="asymmetric"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(RESIZE))
+@pytest.mark.parametrize("target", ["scales", "sizes"])
+def test_resize_as_segmentation_heads_use_it(how, target, tmp_path):
+    inputs = ["x", "", "sc"] if target == "scales" else ["x", "", "", "sz"]
+    consts = {"sc": np.array([1, 1, 2, 2.5], np.float32)} if target == "scales" else {"sz": i64([1, 96, 21, 40])}
+    check(save(tmp_path, [n("Resize", inputs, ["y"], **RESIZE[how])], consts, opset=13))
+
+
+@pytest.mark.parametrize("kw,wshape", [
+    (dict(strides=[2, 2], pads=[1, 1, 1, 1]), (96, 32, 4, 4)),                   # FCN-style x2 upsampling
+    (dict(strides=[2, 2], output_padding=[1, 1], pads=[1, 1, 1, 1]), (96, 48, 3, 3)),
+    (dict(group=4, dilations=[2, 2], pads=[0, 1, 2, 0]), (96, 8, 3, 3)),
+    (dict(), (96, 16, 1, 1)),
+])
+def test_conv_transpose_as_decoders_use_it(kw, wshape, tmp_path):
+    consts = {"w": f32(*wshape) * 0.1, "b": f32(wshape[1] * kw.get("group", 1), seed=3)}
+    check(save(tmp_path, [n("ConvTranspose", ["x", "w", "b"], ["y"], **kw)], consts, opset=13))
+
+
+def test_resize_in_a_mode_numpy_lacks_runs_on_onnxruntime_and_numpy_refuses_it_naming_it(tmp_path):
+    nodes = [n("Resize", ["x", "", "sc"], ["y"], mode="cubic", name="upsample")]
     path = save(tmp_path, nodes, {"sc": np.array([1, 1, 2, 2], np.float32)}, opset=13)
     model = check(path, numpy=False)
     assert model.output_shape == (1, 96, 28, 28)
-    assert model.units[0].layers[0].kind == "memory"
-    with pytest.raises(UnsupportedOpError, match="'Resize' in node 'upsample'.*use the onnxruntime backend"):
+    with pytest.raises(UnsupportedOpError, match="'Resize' in node 'upsample': mode 'cubic'.*use the onnxruntime"):
         tunerd.load_model(path, backend="numpy")
 
 

@@ -18,6 +18,10 @@ def node_flops(node: Node, in_shapes: list[Shape], out_shape: Shape) -> int:
         w = in_shapes[1]
         per_out = 2 * int(np.prod(w[1:], dtype=np.int64))
         return out * per_out + (out if len(node.inputs) > 2 and node.inputs[2] else 0)
+    if op == "ConvTranspose":
+        w = in_shapes[1]
+        return 2 * int(np.prod(in_shapes[0], dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64)) \
+            + (out if len(node.inputs) > 2 and node.inputs[2] else 0)
     if op == "Gemm":
         k = in_shapes[0][0] if node.attrs.get("transA", 0) else in_shapes[0][1]
         return 2 * out * k + (out if len(node.inputs) > 2 and node.inputs[2] else 0)

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .. import kernels as K
+from ..kernels.resize import COORDINATE_MODES
 from .binding import Binding, OpSpec
 
 FLOAT = 1
@@ -175,6 +176,70 @@ def _bind_layer_norm(b: Binding):
     return step
 
 
+def _resize_scales(b: Binding, args) -> tuple[float, float]:
+    """Resize's H and W scales: the ``scales`` input, or output over input size when ``sizes`` is given."""
+    scales = _const(args, 2)
+    (h, w), (ho, wo) = b.in_shapes[0][2:], b.out_shape[2:]
+    if scales is not None and scales.size:
+        return float(scales[2]), float(scales[3])
+    return ho / h, wo / w
+
+
+def _bind_resize(b: Binding):
+    node, args, o = b.node, inputs_of(b), b.out_slot
+    a = node.attrs
+    kw = dict(mode=a.get("mode", "nearest"), coord=a.get("coordinate_transformation_mode", "half_pixel"),
+              nearest_mode=a.get("nearest_mode", "round_prefer_floor"))
+    sh, sw = _resize_scales(b, args)
+    (h, w), (ho, wo) = b.in_shapes[0][2:], b.out_shape[2:]
+    rows, cols = K.resize_axis(h, ho, sh, **kw), K.resize_axis(w, wo, sw, **kw)
+    xs = args[0]
+
+    def step(bufs):
+        K.resize2d(bufs[xs], rows, cols, out=bufs[o])
+    return step
+
+
+def _resize_reason(node, weights) -> str | None:
+    a = node.attrs
+    if a.get("mode", "nearest") not in ("nearest", "linear"):
+        return f"mode {a.get('mode')!r}"
+    if a.get("coordinate_transformation_mode", "half_pixel") not in COORDINATE_MODES:
+        return f"coordinate_transformation_mode {a.get('coordinate_transformation_mode')!r}"
+    if int(a.get("antialias", 0)) or a.get("axes") is not None:
+        return "antialias or axes"
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return f"keep_aspect_ratio_policy {a.get('keep_aspect_ratio_policy')!r}"
+    scales = weights.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if scales is not None and scales.size and any(float(v) != 1.0 for v in np.asarray(scales).reshape(-1)[:2]):
+        return "resizing the batch or channel axis"
+    return None
+
+
+def _bind_conv_transpose(b: Binding):
+    node, args, o = b.node, inputs_of(b), b.out_slot
+    a = node.attrs
+    w = np.asarray(args[1])
+    bias = _const(args, 2)
+    kw = dict(strides=a.get("strides", (1, 1)), pads=a.get("pads", (0, 0, 0, 0)), dilations=a.get("dilations", (1, 1)),
+              output_padding=a.get("output_padding", (0, 0)), group=int(a.get("group", 1)))
+    xs = args[0]
+
+    def step(bufs):
+        K.conv_transpose2d(bufs[xs], w, bias, out=bufs[o], **kw)
+    return step
+
+
+def _conv_transpose_reason(node, weights) -> str | None:
+    a = node.attrs
+    if a.get("output_shape") is not None or a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return "output_shape or auto_pad (explicit pads only)"
+    w = weights.get(node.inputs[1])
+    if w is not None and w.ndim != 4:
+        return f"{w.ndim - 2}-D convolution"
+    return None
+
+
 def _bind_copy(b: Binding):
     xs, o = b.in_slots[0], b.out_slot
 
@@ -198,11 +263,15 @@ def numpy_reason(node, weights: dict) -> str | None:
         return f"a cast to ONNX type {a.get('to')}"
     if node.op == "LayerNormalization" and int(a.get("stash_type", 1)) != 1:
         return f"stash_type {a.get('stash_type')}"
+    if node.op == "Resize":
+        return _resize_reason(node, weights)
+    if node.op == "ConvTranspose":
+        return _conv_transpose_reason(node, weights)
     return None
 
 
 # inputs each op's binding reads as constants (a run-time value makes the node onnxruntime-only)
-NEEDS_CONST = {"Slice": (1, 2, 3, 4), "Gather": (1,), "Expand": (1,), "Pad": (1, 2, 3),
+NEEDS_CONST = {"ConvTranspose": (1, 2), "Slice": (1, 2, 3, 4), "Gather": (1,), "Expand": (1,), "Pad": (1, 2, 3), "Resize": (2, 3),
                **{f"Reduce{k}": (1,) for k in ("Mean", "Max", "Min", "Sum")}}
 
 ONNX_FORM_OPS: dict[str, OpSpec] = {
@@ -232,4 +301,6 @@ ONNX_FORM_OPS: dict[str, OpSpec] = {
     "Expand": OpSpec(None, _bind_expand, "memory"),
     "Pad": OpSpec(None, _bind_pad, "memory"),
     "Cast": OpSpec(None, _bind_copy, "memory"),
+    "Resize": OpSpec(None, _bind_resize, "memory"),
+    "ConvTranspose": OpSpec(None, _bind_conv_transpose, "conv"),
 }
