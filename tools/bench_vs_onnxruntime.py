@@ -25,8 +25,10 @@ AlexNet unless ``--models`` says otherwise.
         [--input-size 224] [--rounds 3] [--seconds 6] [--budget 30] [--json FILE] [--memory]
 
 Models: zoo:NAME (the five zoo networks; their ONNX file is `tunerd model export`'s) and
-light:NAME (tests/onnx_cases.py's light ONNX graphs with random weights). Default: the zoo five and
-light bvlc_alexnet, inception_v1, resnet50, squeezenet.
+light:NAME (tests/onnx_cases.py's light ONNX graphs with random weights), ref:NAME.EXPORTER (the
+real-export set of tests/reference_graphs.py, e.g. ref:efficientnet_b0.dynamo, at --input-size when
+its H, W are symbolic). Default: the zoo five and light bvlc_alexnet, inception_v1, resnet50,
+squeezenet.
 
 NOTE: everything runs under ``main()``: spawned stage workers re-import this script as
 ``__mp_main__``, so module level stays light.
@@ -65,7 +67,8 @@ opts.intra_op_num_threads = 1
 opts.inter_op_num_threads = 1
 sess = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
 inp = sess.get_inputs()[0]
-shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+# NOTE: the shape tunerd runs (a symbolic H, W is --input-size, not 1)
+shape = json.loads(sys.argv[2])
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 for _ in range(3):
     sess.run(None, {inp.name: x})
@@ -87,8 +90,9 @@ def log(msg: str) -> None:
 class Reference:
     """The onnxruntime-alone child (see ``_REFERENCE``), kept alive so that rounds alternate."""
 
-    def __init__(self, onnx_path: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", _REFERENCE, str(onnx_path)], stdin=subprocess.PIPE,
+    def __init__(self, onnx_path: Path, shape):
+        self.proc = subprocess.Popen([sys.executable, "-c", _REFERENCE, str(onnx_path), json.dumps(list(shape))],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.shape = json.loads(self.proc.stdout.readline())["shape"]
 
@@ -115,7 +119,13 @@ def onnx_file(source: str, input_size: int | None, out_dir: Path) -> tuple[Path,
     if kind == "light":
         from onnx_cases import light_with_random_weights
         return light_with_random_weights(name, out_dir), None
-    raise SystemExit(f"unknown model {source!r}: zoo:NAME or light:NAME")
+    if kind == "ref":
+        import reference_graphs
+        import onnx
+        path = reference_graphs.materialise(name, out_dir)
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        return path, (input_size if any(d.dim_param for d in dims[2:]) else None)
+    raise SystemExit(f"unknown model {source!r}: zoo:NAME, light:NAME or ref:NAME")
 
 
 def loadgen(d, *extra: str) -> dict:
@@ -167,7 +177,7 @@ def bench_network(source: str, args, tmp: Path, state_dir: Path) -> dict:
             f"({st['best']['fps']:.1f} fps measured live), gain {st.get('gain')}")
         d.call("pin", config=config)
         loadgen(d, "-c", "2", "-k", "2", "-n", "20")                       # warm the pinned config
-        ref = Reference(path)
+        ref = Reference(path, model.input_shape)
         est = max(1.0, st["best"]["fps"])
         frames = max(30, int(args.seconds * est))
         rounds = []
@@ -234,7 +244,7 @@ def memory_network(source: str, args, tmp: Path, state_dir: Path) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated zoo:NAME / light:NAME (default: the zoo five + light four; "
+    ap.add_argument("--models", help="comma-separated zoo:NAME / light:NAME / ref:NAME (default: the zoo five + light four; "
                                      "with --memory zoo:resnet50,zoo:alexnet)")
     ap.add_argument("--input-size", type=int, default=224, help="input H = W of the zoo models (default 224)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")

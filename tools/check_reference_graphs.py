@@ -4,7 +4,7 @@
     .venv/bin/python tools/check_reference_graphs.py [--size 32] [--json]
 
 For each skeleton (seeded random weights, as the tests fill them): whether it loads, its node and
-unit counts, and the whole model's relative error (max |ours - ort| / max |ort|) against
+unit counts, and (without --load-only) the whole model's relative error (max |ours - ort| / max |ort|) against
 onnxruntime on the original file, on the onnxruntime backend and on the numpy backend (or why the
 numpy backend refuses it). Graphs with symbolic height and width run at --size, static ones at their
 own size. The figures go to docs/BENCHMARKS.md ("Real exports").
@@ -25,8 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import reference_graphs as R  # noqa: E402
 
 
-def check(name: str, size: int, tmp: Path) -> dict:
-    from tunerd.backends import get_backend
+def check(name: str, size: int, tmp: Path, load_only: bool = False) -> dict:
     from tunerd.errors import TunerdError
     from tunerd.model.loader import load_model
     path = R.materialise(name, tmp)
@@ -40,6 +39,10 @@ def check(name: str, size: int, tmp: Path) -> dict:
         except TunerdError as err:
             row["load"] = f"fails: {err}"
             return row
+        if load_only:
+            row["load"] = "ok"
+            return row
+        from tunerd.backends import get_backend
         row.update(load="ok", nodes=len(model.graph.nodes), units=len(model.units),
                    ort_only=sum(1 for n in model.graph.nodes if not _numpy_runs(n, model)))
         x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
@@ -65,9 +68,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=32, help="input H = W for graphs with symbolic H, W (default 32)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--load-only", action="store_true",
+                   help="only whether each loads (runs on older tunerd too: PYTHONPATH at an older tree)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [check(name, args.size, Path(tmp)) for name in R.names()]
+        rows = [check(name, args.size, Path(tmp), args.load_only) for name in R.names()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -76,12 +81,15 @@ def main(argv=None) -> int:
         return f"{v:.1e}" if isinstance(v, float) else str(v)[:60]
     print(f"{'model':34s} {'input':22s} {'nodes':>5s} {'units':>5s}  {'onnxruntime':>11s}  numpy")
     for r in rows:
-        if r.get("load") != "ok":
+        if r.get("load") != "ok" or args.load_only:
             print(f"{r['model']:34s} {r.get('input', ''):22s} {fmt(r.get('load'))}")
             continue
         print(f"{r['model']:34s} {r['input']:22s} {r['nodes']:5d} {r['units']:5d}  {fmt(r['onnxruntime']):>11s}  "
               f"{fmt(r['numpy'])}")
     loads = sum(r.get("load") == "ok" for r in rows)
+    if args.load_only:
+        print(f"{loads} of {len(rows)} load")
+        return 0
     ort_ok = sum(isinstance(r.get("onnxruntime"), float) and r["onnxruntime"] <= 1e-5 for r in rows)
     np_ok = sum(isinstance(r.get("numpy"), float) and r["numpy"] <= 1e-4 for r in rows)
     print(f"{loads} of {len(rows)} load; onnxruntime backend within 1e-5: {ort_ok}; numpy backend within 1e-4: {np_ok}")
