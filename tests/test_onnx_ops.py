@@ -334,3 +334,22 @@ def test_truncated_raw_data_is_refused_naming_the_tensor(tmp_path):
     t.raw_data = t.raw_data[:40]
     msg, _ = _load_error(tmp_path, proto)
     assert "'w'" in msg and "truncated" in msg
+
+
+def test_serve_and_bench_on_numpy_refuse_a_model_with_an_onnxruntime_only_node_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = save(tmp_path, [n("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), n("Selu", ["c"], ["y"], name="the_selu")],
+                {"w": f32(8, 96, 1, 1)})
+    tunerd_bin = str(Path(sys.executable).parent / "tunerd")
+    bench = subprocess.run([tunerd_bin, "bench", "--model", str(path), "--threads", "1", "--frames", "1",
+                            "--backend", "numpy"], capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 1
+    assert "'Selu' in node 'the_selu'" in bench.stderr and "use the onnxruntime backend" in bench.stderr
+    serve = subprocess.run([tunerd_bin, "serve", "--model", str(path), "--backend", "numpy",
+                            "--platform", "emulate:big=0@1.0", "--frames", f"ipc://{tmp_path}/f.sock",
+                            "--control", f"ipc://{tmp_path}/c.sock", "--state-dir", str(tmp_path / "state")],
+                           capture_output=True, text=True, timeout=120)
+    assert serve.returncode != 0
+    assert "'Selu' in node 'the_selu'" in serve.stderr and "use the onnxruntime backend" in serve.stderr

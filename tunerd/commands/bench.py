@@ -66,6 +66,7 @@ def run(args) -> int:
     if not args.json:
         print(why)
     model = load_model(args.model, input_size=args.input_size)
+    backend.check(model)                 # numpy refuses a model with nodes only onnxruntime runs
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")

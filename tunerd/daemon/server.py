@@ -119,6 +119,7 @@ class Daemon(SocketsMixin, ControlMixin):
         self.backend, why = resolve(cfg.backend)
         log.info("%s", why)
         self.model = load_model(cfg.source, input_size=cfg.input_size)
+        self.backend.check(self.model)      # numpy refuses a model with nodes only onnxruntime runs
         log.info("model %s: %d units, input %s", self.model.name, len(self.model.units), list(self.model.input_shape))
         self.platform = resolve_platform(cfg.spec, sysfs_root=cfg.sysfs_root)
         if self.platform.source == "board":
