@@ -353,3 +353,10 @@ def test_serve_and_bench_on_numpy_refuse_a_model_with_an_onnxruntime_only_node_i
                            capture_output=True, text=True, timeout=120)
     assert serve.returncode != 0
     assert "'Selu' in node 'the_selu'" in serve.stderr and "use the onnxruntime backend" in serve.stderr
+
+
+def test_a_decoder_of_transposed_convolutions_gets_a_unit_per_layer(tmp_path):
+    nodes = [n("ConvTranspose", ["x", "w1"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1]), n("Relu", ["a"], ["r"]),
+             n("ConvTranspose", ["r", "w2"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1])]
+    model = check(save(tmp_path, nodes, {"w1": f32(96, 16, 4, 4) * 0.1, "w2": f32(16, 4, 4, 4, seed=2) * 0.1}))
+    assert [u.nodes for u in model.units] == [("ConvTranspose_0", "Relu_1"), ("ConvTranspose_2",)]

@@ -21,7 +21,7 @@ from .graph import Node
 from .onnx_form_ops import ONNX_FORM_OPS, numpy_reason as _form_reason
 
 # Ops that carry the bulk of a CNN's work; a unit holds at least one of them.
-HEAVY_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def _ints(v, n=2) -> tuple[int, ...]:

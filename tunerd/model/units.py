@@ -2,8 +2,8 @@
 
 A cut point after node i is allowed when exactly one activation tensor is alive across it (produced
 at or before i, read after i); then a pipeline stage boundary there hands over one tensor. Between
-allowed cuts we keep only those that leave at least one heavy op (Conv/Gemm/MatMul) in every unit, so
-light layers (ReLU, pooling, LRN, softmax) ride with the heavy layer before them.
+allowed cuts we keep only those that leave at least one heavy op (Conv, ConvTranspose, Gemm, MatMul)
+in every unit, so light layers (ReLU, pooling, LRN, softmax) ride with the heavy layer before them.
 """
 from __future__ import annotations
 
