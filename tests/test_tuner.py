@@ -374,3 +374,22 @@ def test_gain_over_the_best_single_cluster_config_measured():
     assert tuner.gain()["config"] == str(tuner.best[0])
     tuner.retune({"denver": 0.5})
     assert tuner.gain(pipe) is None                   # measured at the old speeds: forgotten
+
+
+def test_the_history_and_the_books_stay_bounded_over_many_retunes():
+    from tunerd.tuning import tuner as tuner_mod
+    t = Tuner(board_clusters(HIKEY), synthetic_table(HIKEY, 9, seed=1), rng_seed=0, budget=6, clock=lambda: 0.0)
+    kept = tuner_mod.HISTORY_KEPT
+    tuner_mod.HISTORY_KEPT = 50
+    try:
+        for episode in range(30):
+            for _ in range(6):
+                config = t.ask()
+                if config is None:
+                    break
+                t.tell(config, 10.0 + episode)
+            t.retune({c.name: 1.0 if episode % 2 else 0.8 for c in board_clusters(HIKEY)})
+        assert len(t.history) == 50 and t.history[-1]["index"] == t.evaluations > 50
+        assert len(t._reasons) <= len(t.queue) + len(t.pending) + 2     # nothing left from past searches
+    finally:
+        tuner_mod.HISTORY_KEPT = kept

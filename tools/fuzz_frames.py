@@ -318,6 +318,7 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
     samples = []
     t0 = time.monotonic()
     before = footprint(daemon_pid) if daemon_pid else None
+    rss_series: list[tuple[int, int | None]] = []     # (requests done, the daemon process's own RSS)
     warm = None
     done = 0
     try:
@@ -352,6 +353,7 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
                 warm = footprint(daemon_pid)    # the baseline: after the first requests set up buffers
             if daemon_pid and (len(samples) < done * 20 // count):
                 samples.append(footprint(daemon_pid).pss_bytes)
+                rss_series.append((done, _rss(daemon_pid)))
             if done % 2000 < sockets * window:
                 log(f"fuzz: {done}/{count} requests, {len(failures)} failures, {time.monotonic() - t0:.0f} s")
     except RuntimeError as err:
@@ -376,6 +378,9 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
         report["memory"] = {"before": before.to_dict(), "baseline": base.to_dict(), "after": after.to_dict(),
                             "pss_growth_mib": round(growth / 2**20, 2),
                             "pss_max_mib": round(max(samples + [after.pss_bytes]) / 2**20, 2)}
+        rss_series.append((done, _rss(daemon_pid)))
+        report["daemon_rss_mib"] = [(n, round(b / 2**20, 2)) for n, b in rss_series if b]
+        report["daemon_rss_growth_second_half_pct"] = _second_half_growth(rss_series)
         if growth > max(MEMORY_NOISE_BYTES, MEMORY_NOISE_FRACTION * base.pss_bytes):
             failures.append(f"PSS grew by {growth / 2**20:.1f} MiB")
             report["failure_count"] += 1
@@ -392,6 +397,23 @@ def fuzz(frames_address: str, control_address: str | None, daemon_pid: int | Non
                                                       "restarts")}
     report["ok"] = report["failure_count"] == 0 and report["valid_ok"] == report["valid"]
     return report
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        import psutil
+        return psutil.Process(pid).memory_info().rss
+    except Exception:          # gone, or not readable: no sample
+        return None
+
+
+def _second_half_growth(series: list[tuple[int, int | None]]) -> float | None:
+    """RSS growth from the sample nearest the run's middle to the last one, in percent."""
+    points = [(n, b) for n, b in series if b]
+    if len(points) < 3:
+        return None
+    middle = min(points, key=lambda p: abs(p[0] - points[-1][0] / 2))
+    return round(100 * (points[-1][1] - middle[1]) / middle[1], 2)
 
 
 def _alive(pid: int) -> bool:

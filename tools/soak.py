@@ -43,6 +43,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -213,6 +214,9 @@ def soak(frames: str, control: str, pid: int | None, *, clients: int = 16, in_fl
         sample.update(cpu.sample())
         if fp:
             sample.update(pss_mib=round(fp.pss_bytes / 2**20, 2), fds=fp.fds, memfds=fp.memfds, dev_shm=fp.dev_shm)
+            rss = _daemon_rss(pid)
+            if rss:
+                sample["daemon_rss_mib"] = round(rss / 2**20, 2)
         samples.append(sample)
         log(f"soak: {sample}")
         last_t, last_ok = now, ok
@@ -254,6 +258,9 @@ def soak(frames: str, control: str, pid: int | None, *, clients: int = 16, in_fl
         growth = end.pss_bytes - base.pss_bytes
         report["pss_growth_mib"] = round(growth / 2**20, 2)
         half = samples[len(samples) // 2:]
+        rss_half = [s["daemon_rss_mib"] for s in half if "daemon_rss_mib" in s]
+        if len(rss_half) >= 2:      # the daemon process alone: what the serving-cost issue's target is about
+            report["daemon_rss_growth_second_half_pct"] = round(100 * (rss_half[-1] - rss_half[0]) / rss_half[0], 2)
         if len(half) >= 3 and not kills:   # MiB/min over the second half: a leak shows as a steady slope
             slope = np.polyfit([s["t"] for s in half], [s["pss_mib"] for s in half], 1)[0]
             report["pss_slope_mib_per_min"] = round(60 * float(slope), 3)
@@ -356,6 +363,13 @@ def daemon_kill_cycles(d: DaemonProcess, cycles: int, *, seed: int = 0, log=prin
             "stale_sockets_left_by_kill": stale_seen,
             "restart_s_median": round(float(np.median(restart_s)), 2) if restart_s else None,
             "restarts_verifying_stored_best": stored_used, "problems": problems, "ok": not problems}
+
+
+def _daemon_rss(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,11 @@ __all__ = ["Tuner", "STATE_VERSION"]
 STATE_VERSION = 1
 
 
+
+# evaluations the history keeps (and the state file with it): the last ones; `tunerctl history`
+# shows at most 1,000 of them
+HISTORY_KEPT = 5000
+
 class Tuner(ProposalsMixin, ChoiceMixin):
     """Ask/tell online tuner (see the module docstring).
 
@@ -239,6 +244,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
         self.history.append({"index": self.evaluations, "config": key, "fps": fps,
                              "predicted_fps": predicted, "time": self.clock(), "state": self.state,
                              "generation": self.generation, "reason": self._reasons.pop(key, "told")})
+        del self.history[:-HISTORY_KEPT]        # a daemon that retunes for months keeps the recent ones
         if self._verify is not None and key == self._verify[0]:
             expected, tolerance = self._verify[1:]
             self._verify = None
@@ -294,6 +300,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
         self.measured = {}
         self.queue = []
         self.pending = []
+        self._reasons.clear()       # why each queued config was queued: the queue is gone
         self._verify = None     # a stored best was expected at the old speeds: not at the new ones
         self.episode_evaluations = 0
         self.episode_budget = self.params["retune_budget"]
