@@ -104,6 +104,10 @@ class Daemon(SocketsMixin, ControlMixin):
         self._last_placement = 0.0
         self._ctx: zmq.Context | None = None
         self.pipeline = None
+        self._poll_set: tuple | None = None     # (the pipeline's handles, a Poller of them and the sockets)
+        self._fill: tuple | None = None         # (config, its fill limit with several clients)
+        self._limits = protocol.Limits(max_message_bytes=cfg.max_message_bytes)
+        self._expected_shape: list | None = None
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
@@ -121,6 +125,7 @@ class Daemon(SocketsMixin, ControlMixin):
         self.model = load_model(cfg.source, input_size=cfg.input_size)
         self.backend.check(self.model)      # numpy refuses a model with nodes only onnxruntime runs
         log.info("model %s: %d units, input %s", self.model.name, len(self.model.units), list(self.model.input_shape))
+        self._expected_shape = list(self.model.input_shape)
         self.platform = resolve_platform(cfg.spec, sysfs_root=cfg.sysfs_root)
         if self.platform.source == "board":
             raise ConfigError(f"platform {cfg.spec!r} is simulated; `tunerd serve` needs real cores "
@@ -205,16 +210,25 @@ class Daemon(SocketsMixin, ControlMixin):
     def _on_hup(self, signum, frame) -> None:
         self._reload = True
 
+    def _poller(self) -> zmq.Poller:
+        """The sockets and the pipeline's handles, registered once; again when the handles change
+        (an epoch's workers, a restart). NOTE: profiled: a Poller built each tick was a tenth of
+        the daemon's CPU per frame (three ticks a frame, six registrations each)."""
+        handles = tuple(self.pipeline.handles())
+        if self._poll_set is None or self._poll_set[0] != handles:
+            poller = zmq.Poller()
+            for sock in (self.frames, self.control, *handles):
+                poller.register(sock, zmq.POLLIN)
+            self._poll_set = (handles, poller)
+        return self._poll_set[1]
+
     def tick(self, timeout: float = 0.05) -> None:
-        poller = zmq.Poller()
-        poller.register(self.frames, zmq.POLLIN)
-        poller.register(self.control, zmq.POLLIN)
-        for h in self.pipeline.handles():
-            poller.register(h, zmq.POLLIN)
         busy = bool(self._admission.queued) or self.pipeline.pending or bool(self._held)
-        poller.poll(int(1000 * (min(timeout, 0.01) if busy else timeout)))
-        self._read_frames()
-        self._read_control()
+        ready = dict(self._poller().poll(int(1000 * (min(timeout, 0.01) if busy else timeout))))
+        if self.frames in ready:
+            self._read_frames()
+        if self.control in ready:
+            self._read_control()
         self._retry_held()
         # NOTE: poll first: it hears the workers' releases and outputs, so the one _feed after it
         # finds every slot there is (a _feed before it too cost a poll of every worker per tick)
@@ -229,8 +243,7 @@ class Daemon(SocketsMixin, ControlMixin):
 
     # ------------------------------------------------------------------ frames
     def _read_frames(self, budget: int = 256) -> None:
-        expected = list(self.model.input_shape)
-        limits = protocol.Limits(max_message_bytes=self.cfg.max_message_bytes)
+        expected, limits = self._expected_shape or list(self.model.input_shape), self._limits
         now = self.clock()
         for _ in range(budget):
             if not readable(self.frames):
@@ -290,8 +303,11 @@ class Daemon(SocketsMixin, ControlMixin):
         # time has none in between, and the pipeline would fill up with the other's frames meanwhile
         if len(self._seen) <= 1:
             return self.cfg.max_in_flight
-        workers = sum(st.replicas for st in self.pipeline.config.stages)
-        return max(1, min(self.cfg.max_in_flight, FILL_PER_WORKER * workers))
+        config = self.pipeline.config
+        if self._fill is None or self._fill[0] is not config:
+            workers = sum(st.replicas for st in config.stages)
+            self._fill = (config, max(1, min(self.cfg.max_in_flight, FILL_PER_WORKER * workers)))
+        return self._fill[1]
 
     def _retry_after_ms(self) -> int:
         """How long until the daemon has room again: one frame's time at the recent answer rate."""
@@ -450,6 +466,8 @@ class Daemon(SocketsMixin, ControlMixin):
             self.cfg.queue_depth = self._admission.queue_depth = fresh.queue_depth
             self.cfg.max_client_frames = self._admission.client_cap = fresh.max_client_frames
             self.cfg.max_message_bytes = fresh.max_message_bytes
+            self._limits = protocol.Limits(max_message_bytes=fresh.max_message_bytes)
+            self._fill = None
             self.frames.setsockopt(zmq.MAXMSGSIZE, fresh.max_message_bytes)
             logging.getLogger().setLevel(fresh.log_level.upper())
         log.info("configuration reloaded")
