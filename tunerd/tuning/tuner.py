@@ -69,12 +69,8 @@ from .throughput import PipelineModel
 __all__ = ["Tuner", "STATE_VERSION"]
 
 STATE_VERSION = 1
+HISTORY_KEPT = 5000     # evaluations the history (and the state file) keeps: the last ones
 
-
-
-# evaluations the history keeps (and the state file with it): the last ones; `tunerctl history`
-# shows at most 1,000 of them
-HISTORY_KEPT = 5000
 
 class Tuner(ProposalsMixin, ChoiceMixin):
     """Ask/tell online tuner (see the module docstring).
@@ -297,9 +293,7 @@ class Tuner(ProposalsMixin, ChoiceMixin):
             # NOTE: no search has started: the first one runs at the new speeds with its full budget
             return
         self.cost.soften(1)
-        self.measured = {}
-        self.queue = []
-        self.pending = []
+        self.measured, self.queue, self.pending = {}, [], []
         self._reasons.clear()       # why each queued config was queued: the queue is gone
         self._verify = None     # a stored best was expected at the old speeds: not at the new ones
         self.episode_evaluations = 0
