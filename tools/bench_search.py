@@ -15,7 +15,7 @@ mean true throughput over the B measurement windows as a share of the optimum (a
 stops early serves its best config for the rest), and after a DVFS change (the fastest cluster
 slowed to --dvfs-factor at window --dvfs-at) the evaluations to get back within 5% of the new
 optimum (median, worst). The optimum is exhaustive (tunerd.tuning.dse.exhaustive_optimum) on the
-simulated truth.
+simulated truth. With several boards the same table follows per board.
 
   tools/bench_search.py --tables-from synthetic --seeds 5 [--json out.json] [--plot DIR]
 """
@@ -294,7 +294,7 @@ def plot(runs_by_method: dict[str, list[dict]], folder: Path, phase_end: float) 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--boards", default="hikey970,odroid-xu3,jetson-tx2")
+    ap.add_argument("--boards", default="hikey970,odroid-xu3,jetson-tx2,rk3588,sd855,tensor-g1,intel-hybrid")
     ap.add_argument("--models", default=",".join(MODEL_UNITS))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=60)
@@ -357,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
           f" tables from {args.tables_from}, sigma {args.sigma}, noise {args.noise},"
           f" contention {args.contention}, {time.time() - t0:.0f}s")
     print_table(summary, args.budget)
+    boards = list(dict.fromkeys(r["board"] for runs in runs_by_method.values() for r in runs))
+    if len(boards) > 1:
+        for board_name in boards:
+            print(f"\nboard {board_name}")
+            print_table({m: summarise([r for r in runs if r["board"] == board_name], args.budget)
+                         for m, runs in runs_by_method.items()}, args.budget)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "runs": runs_by_method},
                                               indent=1, default=str))
