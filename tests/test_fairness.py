@@ -33,7 +33,7 @@ def test_a_polite_client_is_served_in_its_turn_while_another_floods(tmp_path):
             flooder.join(10)
         assert result["busy"] == 0 and result["answered"] == 20     # never refused for the other's flood
         # FIFO admission would put it behind the flooder's whole backlog (its cap: 32 frames);
-        # in turns it waits for the frames inside the pipeline (4 with two workers) and the one
+        # in turns it waits for the frames inside the pipeline (3 with two workers) and the one
         # ahead of it in the round, plus replies already on their way
         assert result["flooder_replies_while_waiting_median"] <= 8, result
         assert flooder.busy > 0                        # the flooder, beyond its cap, is the one refused

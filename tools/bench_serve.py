@@ -47,8 +47,13 @@ def inprocess(model, config: str, spec: str, sysfs: str, frames: int, latency_fr
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
     lat = []
     with Pipeline(model, config, spec, sysfs_root=sysfs, backend=backend) as pipe:
+        placed = 0.0
         for i in range(latency_frames + 3):
-            pipe.place_host()          # as the daemon does (see Pipeline.place_host)
+            if time.perf_counter() - placed >= 1.0:
+                # NOTE: once a second, as the daemon does (Pipeline.place_host); before every frame it
+                # cost this side more than the sockets cost the served one (an "added" latency < 0)
+                pipe.place_host()
+                placed = time.perf_counter()
             t0 = time.perf_counter()
             pipe.submit(i, x)
             while not pipe.poll(1.0):

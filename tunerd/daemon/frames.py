@@ -22,10 +22,11 @@ log = logging.getLogger("tunerd")
 REPLY_STALL_S = 3.0     # a client whose replies cannot leave (SNDHWM reached) for this long is not reading
 MAX_HELD_REPLIES = 4096  # ... nor is one with this many requests waiting for their replies to leave
 RETRY_DEFAULT_MS, RETRY_MAX_MS = 10, 1000   # busy replies' retry_after_ms: no rate known yet; at most
-# NOTE: measured (tools/bench_fairness.py, squeezenet 224, 1+1 pinned, a flooder and a polite client):
-# 4 frames in the pipeline (2 a worker) served 49.7 fps against 50.5 with max_in_flight's 8 (noise),
-# 3 frames 44.8 (not full); the polite client's p50 fell from 7.8x its latency alone to 5.8x
-FILL_PER_WORKER = 2
+# NOTE: measured (tools/bench_fairness.py --rounds 3, squeezenet 224, 1+1 pinned, a 64-frame flooder and a
+# one-at-a-time client, a quiet machine): with 3 frames inside (one a worker, one more) the pipeline
+# served 77.3-88.2 fps and the polite client's p50 was 2.86-3.15x its latency alone; with 4, 77.3-81.5
+# fps and 3.70-4.17x; with max_in_flight's 8, 75.8 fps and 5.98x
+FILL_EXTRA = 1
 ACTIVE_CLIENT_S = 1.0   # a client that sent a frame this recently counts as one to be fair to
 
 
@@ -95,7 +96,7 @@ class FramesMixin:
 
     def _fill_limit(self) -> int:
         """Frames the pipeline may hold. With one client, max_in_flight; with several, what keeps it
-        full (FILL_PER_WORKER a stage worker): a frame taken in its turn waits behind the frames
+        full (one a stage worker, FILL_EXTRA more): a frame taken in its turn waits behind the frames
         already inside, and each one more there is one more period of waiting for every client."""
         # NOTE: clients seen lately, not only those with frames in: a client sending one frame at a
         # time has none in between, and the pipeline would fill up with the other's frames meanwhile
@@ -104,7 +105,7 @@ class FramesMixin:
         config = self.pipeline.config
         if self._fill is None or self._fill[0] is not config:
             workers = sum(st.replicas for st in config.stages)
-            self._fill = (config, max(1, min(self.cfg.max_in_flight, FILL_PER_WORKER * workers)))
+            self._fill = (config, max(1, min(self.cfg.max_in_flight, workers + FILL_EXTRA)))
         return self._fill[1]
 
     def _retry_after_ms(self) -> int:
