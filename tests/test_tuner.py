@@ -10,7 +10,7 @@ import pytest
 from tunerd.tuning import states
 from tunerd.platform.boards import board_clusters
 from tunerd.errors import ConfigError, TunerdError
-from tunerd.pipeconfig import parse_config, validate
+from tunerd.pipeconfig import ClusterSpec, parse_config, validate
 from tunerd.tuning.simulator import SimulatedBoard, contention_prior, run_simulation, synthetic_table
 from tunerd.costs.table import UnitCostTable
 from tunerd.tuning.surrogate import SurrogateTable
@@ -393,3 +393,15 @@ def test_the_history_and_the_books_stay_bounded_over_many_retunes():
         assert len(t._reasons) <= len(t.queue) + len(t.pending) + 2     # nothing left from past searches
     finally:
         tuner_mod.HISTORY_KEPT = kept
+
+
+def test_the_baseline_after_a_retune_is_the_cluster_its_stages_measured_fastest():
+    # the hints price both clusters alike; the stages measured little three times slower. After big
+    # is throttled to 0.8 it is still the faster one, and the baseline (what the gain is over) is it
+    t = Tuner([ClusterSpec("big", "B", 1), ClusterSpec("little", "L", 1)],
+              UnitCostTable({"B": [[5.0]] * 4, "L": [[5.0]] * 4}, [1.0] * 4), rng_seed=0, budget=10,
+              clock=lambda: 0.0)
+    t.tell("0-3@big:1", 50.0, unit_times=[5.0] * 4)
+    t.tell("0-3@little:1", 16.0, unit_times=[15.0] * 4)
+    t.retune({"big": 0.8, "little": 1.0})
+    assert str(t.baseline()) == "0-3@big:1"     # on the hints alone: little (1.0 against 0.8)

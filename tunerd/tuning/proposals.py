@@ -83,10 +83,14 @@ class ProposalsMixin:
 
     def baseline(self) -> PipelineConfig:
         """The config without a pipeline across clusters a user would run: the whole model on the
-        cluster of most predicted capacity at the current speeds, on all its cores."""
-        ref = self.cost.predicted.predicted_ms[self.clusters[0].core_type][:, 0]
-        best = max(self.current_clusters, key=lambda c: self._capacity(c, ref))
-        return PipelineConfig((Stage(0, self.n_units - 1, best.name, best.cores),))
+        cluster the surrogate expects most of at the current speeds, on all its cores.
+
+        NOTE: the surrogate, not the hints: after a retune it prices each cluster by the unit times
+        its stages measured, scaled to the new speeds; on the hints alone a quick calibration's error
+        once picked the slower cluster, and the gain was reported over the wrong baseline."""
+        model = self.surrogate()
+        singles = [PipelineConfig((Stage(0, self.n_units - 1, c.name, c.cores),)) for c in self.current_clusters]
+        return max(singles, key=model.fps)
 
     def _queue_baseline(self) -> None:
         """Queue the baseline once per episode (after what is queued already), so that what tuning
