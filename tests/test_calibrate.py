@@ -210,3 +210,17 @@ def test_daemon_hints_calibrate_once_then_reuse(quick_emulated, tmp_path, monkey
     assert first.backend == backend
     assert first.to_dict()["units"] == again.to_dict()["units"]
     assert again.producer["kind"] == "calibration"
+
+
+def test_the_measuring_child_imports_the_callers_tunerd_whatever_its_working_directory(tmp_path):
+    import subprocess
+    import sys
+
+    import tunerd
+    from tunerd.costs.calibration_child import SAFE_PATH
+    (tmp_path / "tunerd").mkdir()
+    (tmp_path / "tunerd" / "__init__.py").write_text("raise ImportError('the wrong tunerd')\n")
+    out = subprocess.run([sys.executable, "-c", SAFE_PATH + "import tunerd; print(tunerd.__file__)"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == tunerd.__file__

@@ -31,7 +31,10 @@ from .calibration_sweep import build_layer
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-_BOOT = ("import os, sys; os.sched_setaffinity(0, {cpus!r}); "
+# NOTE: `python -c` puts the working directory first on sys.path: started from a checkout (or any
+# directory holding a `tunerd` folder) the child would import that tunerd, not the caller's
+SAFE_PATH = "import sys; sys.path[:] = [p for p in sys.path if p]; "
+_BOOT = (SAFE_PATH + "import os; os.sched_setaffinity(0, {cpus!r}); "
          "import runpy; sys.argv = ['tunerd.costs.calibration_child', '--child']; "
          "runpy.run_module('tunerd.costs.calibration_child', run_name='__main__', alter_sys=True)")
 
