@@ -80,9 +80,9 @@ class ControlMixin:
                     "gain": self.tuner.gain()}
         raise protocol.ProtocolError(protocol.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
 
-    def status(self) -> dict:
+    def status(self, stats: dict | None = None) -> dict:
         t = self.tuner.status()
-        stats = self.pipeline.stats()
+        stats = stats if stats is not None else self.pipeline.stats()
         speeds, freqs = self.monitor.speed_factors(), self.monitor.frequencies()   # sysfs reads: once
         return {
             "state": t["state"], "config": str(self.pipeline.config), "best": t["best"],
@@ -109,7 +109,8 @@ class ControlMixin:
     def metrics_snapshot(self) -> dict:
         """The numbers a Prometheus scrape turns into metrics (tunerd.daemon.metrics.families):
         copied in the poll loop, so the scrape's thread reads nothing the loop changes."""
-        s = self.status()
+        stats = self.pipeline.stats()       # once: status and the stage figures both read it
+        s = self.status(stats)
         best, gain = s["best"] or {}, s["gain"] or {}
         return {"version": __version__, "model": self.model.name, "backend": s["backend"],
                 "platform_source": self.platform.source, "frames_served": self.frames_served,
@@ -117,7 +118,7 @@ class ControlMixin:
                 "latency": self.latency.snapshot(), "fps": s["fps"], "best_fps": best.get("fps"),
                 "gain_ratio": gain.get("ratio"), "state": s["state"], "evaluations": s["evaluations"],
                 "retunes": s["retunes"], "epoch": s["epoch"], "restarts": s["restarts"],
-                "stages": self.pipeline.stats()["stages"], "clusters": s["platform"]["clusters"],
+                "stages": stats["stages"], "clusters": s["platform"]["clusters"],
                 "queue": s["queue"], "in_flight": s["in_flight"], "queue_depth": self.cfg.queue_depth,
                 "pid": os.getpid(), "worker_pids": self.pipeline.worker_pids(), "uptime_s": s["uptime_s"]}
 

@@ -49,7 +49,8 @@ def _number(value) -> bool:
 def episodes(reply: dict) -> list[Episode]:
     """Split a ``history`` reply into episodes at its retunes (``retunes``: after_evaluation, time,
     reason). Replies of daemons without ``retunes`` are split where the state turns to retuning."""
-    history = [h for h in reply.get("history") or [] if isinstance(h, dict) and _number(h.get("fps"))]
+    # copies: the caller's reply is not changed (its entries get an index where they lack one)
+    history = [dict(h) for h in reply.get("history") or [] if isinstance(h, dict) and _number(h.get("fps"))]
     if not history:
         raise TunerdError("no evaluations to plot yet (the tuner starts with the first frames)")
     for i, h in enumerate(history):
